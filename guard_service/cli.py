@@ -1,0 +1,78 @@
+"""`guard-service` command line: serve, prepare-model (and, as issues land, admin twins)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from guard_service.config import Settings
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the OpenAI-compatible server (flags override GUARD_* env vars)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--model", help="local HF model folder (default: the prepared embedded SmolLM2)")
+    p.add_argument("--served-model-name")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--max-num-seqs", type=int)
+    p.add_argument("--gpu-memory-utilization", type=float)
+    p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--tensor-parallel-size", type=int)
+    p.add_argument("--pipeline-parallel-size", type=int)
+    p.add_argument("--distributed-executor-backend", choices=["mp", "ray"])
+    p.add_argument("--log-level", default="info")
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {
+        k: v for k, v in vars(args).items() if v is not None and k in Settings.model_fields
+    }
+    return Settings(**overrides)
+
+
+def cmd_prepare_model(args: argparse.Namespace) -> int:
+    from guard_service.model_prep import prepare_model
+
+    settings = Settings()
+    if settings.model is not None:
+        if not (settings.model / "config.json").is_file():
+            print(f"GUARD_MODEL={settings.model} is not an HF model folder (no config.json)", file=sys.stderr)
+            return 2
+        print(f"using GUARD_MODEL={settings.model}; nothing to prepare")
+        return 0
+    prepare_model(settings.resolved_model_path(), force=args.force)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from guard_service.api.app import create_app
+
+    settings = _settings_from(args)
+    if not (settings.resolved_model_path() / "config.json").is_file():
+        print(f"no model at {settings.resolved_model_path()}: run `guard-service prepare-model`", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = argparse.ArgumentParser(prog="guard-service", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare-model", help="convert the embedded GGUF model into an HF folder")
+    prep.add_argument("--force", action="store_true", help="convert again even if already prepared")
+    _serve_parser(sub)
+    args = parser.parse_args(argv)
+    handlers = {"prepare-model": cmd_prepare_model, "serve": cmd_serve}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Service configuration: every knob is a `GUARD_*` environment variable (pydantic-settings).
+
+CLI flags of `guard-service serve` override the environment; nothing else reads os.environ directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "guard-service"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GUARD_", env_file=None, extra="ignore")
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Model and engine
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    model: Path | None = Field(
+        default=None, description="Local HF model folder; default: the embedded SmolLM2 prepared in cache_dir"
+    )
+    served_model_name: str = "smollm2-135m-instruct"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto = float32 on CPU (fastest on AVX2), the model's dtype on CUDA"
+    )
+    max_model_len: int = 2048
+    max_num_seqs: int = 64
+    gpu_memory_utilization: float | None = Field(
+        default=None, description="Fraction of device memory for the KV cache; default 0.5 on CPU, 0.9 on CUDA"
+    )
+    enforce_eager: bool = Field(default=False, description="Skip torch.compile: starts ~3x faster, ~7% slower")
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
+    seed: int = 0
+
+    # Request limits
+    max_request_bytes: int = 8 * 1024 * 1024
+
+    def resolved_model_path(self) -> Path:
+        return self.model if self.model is not None else self.cache_dir / "models" / "SmolLM2-135M-Instruct"

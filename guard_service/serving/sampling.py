@@ -1,0 +1,50 @@
+"""Map the OpenAI sampling fields onto vLLM `SamplingParams`, enforcing the context window."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+from guard_service.api.errors import APIError
+from guard_service.api.openai_schemas import ChatCompletionRequest, CompletionRequest
+
+
+def resolve_max_tokens(requested: int | None, prompt_lens: list[int], max_model_len: int,
+                       prompt_param: str) -> int:
+    longest = max(prompt_lens)
+    if longest >= max_model_len:
+        raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, your "
+                            f"prompt is {longest} tokens long.", param=prompt_param,
+                       code="context_length_exceeded")
+    room = max_model_len - longest
+    if requested is None:
+        return room
+    if requested > room:
+        raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, you "
+                            f"requested {longest + requested} tokens ({longest} in the prompt, {requested} "
+                            f"for the completion).", param="max_tokens", code="context_length_exceeded")
+    return requested
+
+
+def sampling_params(request: ChatCompletionRequest | CompletionRequest, max_tokens: int,
+                    extra_args: dict[str, Any] | None = None) -> SamplingParams:
+    stop = [request.stop] if isinstance(request.stop, str) else request.stop
+    kwargs: dict[str, Any] = {
+        "n": request.n,
+        "max_tokens": max_tokens,
+        "stop": stop,
+        "seed": request.seed,
+        "presence_penalty": request.presence_penalty,
+        "frequency_penalty": request.frequency_penalty,
+        "ignore_eos": request.ignore_eos,
+        "logprobs": request.requested_logprobs(),
+        "output_kind": RequestOutputKind.DELTA,
+        "extra_args": extra_args or None,
+    }
+    # Leave vLLM's (and the model's generation_config) defaults in place where the client sent nothing.
+    if request.temperature is not None:
+        kwargs["temperature"] = request.temperature
+    if request.top_p is not None:
+        kwargs["top_p"] = request.top_p
+    return SamplingParams(**kwargs)

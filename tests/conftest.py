@@ -1,0 +1,100 @@
+"""One real guard-service (real vLLM engine, embedded model) per test session, driven over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_NAME = "smollm2-135m-instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    base_url: str
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen
+
+    @property
+    def v1(self) -> str:
+        return self.base_url + "/v1"
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def start_server(workdir: Path, extra_env: dict[str, str] | None = None, timeout: float = 400) -> Server:
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GUARD_HOST": "127.0.0.1", "GUARD_PORT": str(port),
+           "GUARD_ENFORCE_EAGER": "1", "GUARD_SERVED_MODEL_NAME": MODEL_NAME, **(extra_env or {})}
+    log = workdir / f"server-{port}.log"
+    proc = subprocess.Popen([sys.executable, "-m", "guard_service.cli", "serve"], cwd=ROOT, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", env, log, proc)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log_tail()}")
+        try:
+            if httpx.get(server.base_url + "/health", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    stop_server(server)
+    raise RuntimeError(f"server not healthy after {timeout}s:\n{server.log_tail()}")
+
+
+def stop_server(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.terminate()
+        try:
+            server.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    from guard_service.config import Settings
+    from guard_service.model_prep import prepare_model
+
+    settings = Settings()
+    return settings.model if settings.model else prepare_model(settings.resolved_model_path())
+
+
+@pytest.fixture(scope="session")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("server"))
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
