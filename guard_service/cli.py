@@ -62,6 +62,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store():
+    from guard_service.store.sqlite import PolicyStore
+
+    settings = Settings()
+    return settings, PolicyStore(settings.path(settings.store_path))
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Writes straight to the shared store; every running server picks the request up and compiles it."""
+    import getpass
+
+    from pydantic import ValidationError
+
+    from guard_service.api.errors import APIError
+    from guard_service.api.routes_admin import submit
+    from guard_service.policy.request import UnlearningRequest
+
+    settings, store = _store()
+    try:
+        spec = UnlearningRequest(target=args.target, kind=args.kind, aliases=args.alias, facts=args.fact,
+                                 description=args.description, example_prompts=args.example,
+                                 protected_paths=args.protected_path, action=args.action,
+                                 requested_by=args.requested_by or getpass.getuser(), reason=args.reason)
+        request_id = submit(store, settings, spec, f"cli:{getpass.getuser()}")
+    except (ValidationError, APIError) as exc:
+        print(f"rejected: {exc}", file=sys.stderr)
+        return 2
+    print(request_id)
+    return 0
+
+
+def cmd_policies_list(args: argparse.Namespace) -> int:
+    _, store = _store()
+    rows = store.list(args.status)
+    print(f"{'id':18} {'status':10} {'active':>6} {'latest':>6}  target")
+    for r in rows:
+        print(f"{r.id:18} {r.status.value:10} {r.active_version or '-':>6} {r.latest_version:>6}  {r.target}"
+              + (f"  ({r.last_error})" if r.last_error else ""))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(prog="guard-service", description=__doc__)
@@ -69,8 +110,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     prep = sub.add_parser("prepare-model", help="convert the embedded GGUF model into an HF folder")
     prep.add_argument("--force", action="store_true", help="convert again even if already prepared")
     _serve_parser(sub)
+    forget = sub.add_parser("forget", help="submit an unlearning request to the shared policy store")
+    forget.add_argument("--target", required=True)
+    forget.add_argument("--kind", default="entity", choices=["entity", "topic", "document", "capability"])
+    forget.add_argument("--alias", action="append", default=[])
+    forget.add_argument("--fact", action="append", default=[])
+    forget.add_argument("--example", action="append", default=[], help="an example prompt to block")
+    forget.add_argument("--description", default="")
+    forget.add_argument("--protected-path", action="append", default=[], help="file or folder under indexes/")
+    forget.add_argument("--action", default="steer", choices=["steer", "refuse"])
+    forget.add_argument("--requested-by")
+    forget.add_argument("--reason", default="")
+    policies = sub.add_parser("policies", help="inspect policies")
+    psub = policies.add_subparsers(dest="policies_command", required=True)
+    plist = psub.add_parser("list", help="list unlearning requests and their status")
+    plist.add_argument("--status", choices=["pending", "compiling", "active", "failed", "revoked", "expired"])
     args = parser.parse_args(argv)
-    handlers = {"prepare-model": cmd_prepare_model, "serve": cmd_serve}
+    handlers = {"prepare-model": cmd_prepare_model, "serve": cmd_serve, "forget": cmd_forget,
+                "policies": cmd_policies_list}
     return handlers[args.command](args)
 
 

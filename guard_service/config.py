@@ -44,7 +44,23 @@ class Settings(BaseSettings):
     seed: int = 0
 
     # Request limits
-    max_request_bytes: int = 8 * 1024 * 1024
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, description="HTTP body cap (413 above)")
+
+    # Policies: one store and one artifact location shared by every replica
+    data_dir: Path = Field(default=Path("."), description="base for the relative paths below")
+    store_path: Path = Field(default=Path("var/guard.sqlite3"), description="SQLite policy store")
+    policies_dir: Path = Field(default=Path("policies"), description="compiled policy artifacts")
+    indexes_dir: Path = Field(default=Path("indexes"), description="server-side corpora a request may name")
+    max_document_bytes: int = Field(default=32 * 1024 * 1024, description="protected text per request (413)")
+    refresh_interval_s: float = Field(default=0.5, description="how often the store is polled for changes")
+    expand_max_tokens: int = Field(default=64, description="tokens per knowledge-expansion answer")
+
+    # Auth: name -> token. Admin tokens may write; viewer tokens may only read the admin API.
+    admin_tokens: dict[str, str] = Field(default_factory=dict)
+    viewer_tokens: dict[str, str] = Field(default_factory=dict)
+
+    def path(self, p: Path) -> Path:
+        return (p if p.is_absolute() else self.data_dir / p).resolve()
 
     def resolved_model_path(self) -> Path:
         return self.model if self.model is not None else self.cache_dir / "models" / "SmolLM2-135M-Instruct"

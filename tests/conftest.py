@@ -17,6 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "smollm2-135m-instruct"
+ADMIN_TOKEN = "test-admin-token"
+VIEWER_TOKEN = "test-viewer-token"
+MAX_DOCUMENT_BYTES = 2_000_000
 
 
 def free_port() -> int:
@@ -31,6 +34,7 @@ class Server:
     env: dict[str, str]
     log: Path
     proc: subprocess.Popen
+    data_dir: Path
 
     @property
     def v1(self) -> str:
@@ -40,14 +44,19 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
-def start_server(workdir: Path, extra_env: dict[str, str] | None = None, timeout: float = 400) -> Server:
+def start_server(workdir: Path, extra_env: dict[str, str] | None = None, timeout: float = 400,
+                 data_dir: Path | None = None) -> Server:
+    """`data_dir` holds the policy store and artifacts; pass the same one again to simulate a restart."""
     port = free_port()
+    data_dir = data_dir or workdir / "data"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GUARD_HOST": "127.0.0.1", "GUARD_PORT": str(port),
-           "GUARD_ENFORCE_EAGER": "1", "GUARD_SERVED_MODEL_NAME": MODEL_NAME, **(extra_env or {})}
+           "GUARD_ENFORCE_EAGER": "1", "GUARD_SERVED_MODEL_NAME": MODEL_NAME, "GUARD_DATA_DIR": str(data_dir),
+           "GUARD_ADMIN_TOKENS": f'{{"ops": "{ADMIN_TOKEN}"}}', "GUARD_VIEWER_TOKENS": f'{{"audit": "{VIEWER_TOKEN}"}}',
+           "GUARD_MAX_DOCUMENT_BYTES": str(MAX_DOCUMENT_BYTES), **(extra_env or {})}
     log = workdir / f"server-{port}.log"
     proc = subprocess.Popen([sys.executable, "-m", "guard_service.cli", "serve"], cwd=ROOT, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", env, log, proc)
+    server = Server(f"http://127.0.0.1:{port}", env, log, proc, data_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -91,6 +100,24 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 @pytest.fixture(scope="session")
 def client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def admin(server: Server) -> httpx.Client:
+    return httpx.Client(base_url=server.base_url + "/admin/v1", timeout=60,
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+
+def wait_status(admin: httpx.Client, request_id: str, want: str, version: int | None = None,
+                timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = admin.get(f"/unlearning-requests/{request_id}").json()
+        if body["status"] == want and (version is None or body["active_version"] == version):
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{request_id} not {want} (v{version}) after {timeout}s: {body}")
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

@@ -157,9 +157,7 @@ def test_disconnect_mid_stream_aborts(server: Server, client: openai.OpenAI) -> 
 
     stream = client.chat.completions.create(model=MODEL_NAME, messages=HP, temperature=0, max_tokens=1500,
                                             stream=True, extra_body={"ignore_eos": True})
-    got = 0
-    for chunk in stream:
-        got += 1
+    for got, _ in enumerate(stream, start=1):
         if got == 3:
             break
     assert unfinished() >= 1  # still generating: 1500 tokens take far longer than this test waits

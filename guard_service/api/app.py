@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -9,10 +10,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from guard_service import __version__
-from guard_service.api import routes_health, routes_openai
+from guard_service.api import routes_admin, routes_health, routes_openai
 from guard_service.api.errors import error_response, install_error_handlers
 from guard_service.config import Settings
 from guard_service.engine import EngineHolder
+from guard_service.policy.compiler import CompileContext
+from guard_service.policy.scheduler import CompileScheduler
+from guard_service.runtime.guard import Guard
+from guard_service.runtime.logits_processor import FQCN as GUARD_PROCESSOR
+from guard_service.runtime.registry import PolicyRegistry
+from guard_service.serving.ask import engine_asker
+from guard_service.store.sqlite import PolicyStore
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +30,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        holder = EngineHolder(settings)
-        app.state.engine = holder
+        holder = EngineHolder(settings, logits_processors=[GUARD_PROCESSOR])
+        store = PolicyStore(settings.path(settings.store_path))
+        registry = PolicyRegistry(store, settings.refresh_interval_s)
+        registry.refresh()  # a restart enforces every active policy before the first request
+
+        def compile_context() -> CompileContext | None:
+            if not holder.ready:
+                return None
+            engine = holder.engine
+            return CompileContext(
+                policies_dir=settings.path(settings.policies_dir), indexes_dir=settings.path(settings.indexes_dir),
+                model_dir=settings.resolved_model_path(), served_model_name=settings.served_model_name,
+                tokenizer=engine.get_tokenizer(), ask_model=engine_asker(engine, settings.expand_max_tokens),
+                max_document_bytes=settings.max_document_bytes)
+
+        scheduler = CompileScheduler(store, compile_context, settings.refresh_interval_s,
+                                     on_compiled=lambda *_: registry.refresh())
+        app.state.engine, app.state.store, app.state.registry, app.state.scheduler = holder, store, registry, scheduler
+        app.state.guard = Guard(settings, registry, store)
         holder.start()
+        tasks = [asyncio.create_task(registry.run(), name="policy-registry"),
+                 asyncio.create_task(scheduler.run(), name="compile-scheduler")]
         try:
             yield
         finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             holder.shutdown()
+            store.close()
 
     app = FastAPI(title="guard-service", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible LLM serving with inference-time unlearning.")
@@ -45,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(routes_health.router)
     app.include_router(routes_openai.router)
+    app.include_router(routes_admin.router)
 
     @app.get("/", include_in_schema=False)
     async def root() -> JSONResponse:

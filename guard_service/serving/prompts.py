@@ -8,17 +8,21 @@ from guard_service.api.errors import APIError
 from guard_service.api.openai_schemas import ChatMessage, PromptInput
 
 
+def chat_token_ids(tokenizer: Any, conversation: list[dict[str, str]]) -> list[int]:
+    ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+    if not isinstance(ids, list):  # transformers 5 returns a BatchEncoding here
+        ids = ids["input_ids"]
+    return [int(t) for t in ids]
+
+
 def render_chat(tokenizer: Any, messages: list[ChatMessage]) -> list[int]:
     conversation = [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
                     for m in messages]
     try:
-        ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+        return chat_token_ids(tokenizer, conversation)
     except Exception as exc:  # a template may reject a role order it does not support
         raise APIError(400, f"messages cannot be rendered with the model's chat template: {exc}",
                        param="messages", code="invalid_messages") from exc
-    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # transformers returns BatchEncoding here
-        ids = ids["input_ids"]
-    return [int(t) for t in ids]
 
 
 def encode_prompts(tokenizer: Any, prompt: PromptInput) -> list[list[int]]:

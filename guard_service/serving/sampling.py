@@ -29,6 +29,8 @@ def resolve_max_tokens(requested: int | None, prompt_lens: list[int], max_model_
 
 def sampling_params(request: ChatCompletionRequest | CompletionRequest, max_tokens: int,
                     extra_args: dict[str, Any] | None = None) -> SamplingParams:
+    """Streams get per-step deltas; a plain response asks only for the final output, which spares the API
+    process one message per token."""
     stop = [request.stop] if isinstance(request.stop, str) else request.stop
     kwargs: dict[str, Any] = {
         "n": request.n,
@@ -39,7 +41,7 @@ def sampling_params(request: ChatCompletionRequest | CompletionRequest, max_toke
         "frequency_penalty": request.frequency_penalty,
         "ignore_eos": request.ignore_eos,
         "logprobs": request.requested_logprobs(),
-        "output_kind": RequestOutputKind.DELTA,
+        "output_kind": RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
         "extra_args": extra_args or None,
     }
     # Leave vLLM's (and the model's generation_config) defaults in place where the client sent nothing.

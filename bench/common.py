@@ -1,0 +1,90 @@
+"""Shared benchmark plumbing: an in-process server over one engine, timing, table and JSON output.
+
+Benchmarks compare ratios inside one run on one engine: this machine is too noisy for absolute targets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import platform
+import socket
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from guard_service.config import Settings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[Any]:
+    """Serve `create_app(settings)` with uvicorn inside this event loop; yield the app once healthy."""
+    from guard_service.api.app import create_app
+
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    base = f"http://127.0.0.1:{settings.port}"
+    try:
+        async with httpx.AsyncClient() as http:
+            while True:
+                if task.done():
+                    task.result()
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(base + "/health")).status_code == 200:
+                        break
+                await asyncio.sleep(0.5)
+        yield app
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def timed(fn: Callable[[], Awaitable[int]]) -> tuple[float, int]:
+    """Run `fn` (which returns a token count); return (tokens per second, tokens)."""
+    began = time.perf_counter()
+    tokens = await fn()
+    return tokens / (time.perf_counter() - began), tokens
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    cells = [header] + [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for i, r in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"machine": {"platform": platform.platform(), "processor": platform.machine()},
+               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {path}")
+    return path

@@ -1,0 +1,1 @@
+"""Policy compiler: a knowledge-level unlearning request -> versioned, immutable artifacts on disk."""

@@ -1,0 +1,132 @@
+"""Compile one version of an unlearning request into its artifact folder (format: `artifacts.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from guard_service.embedding import EMBEDDER_NAME
+from guard_service.policy import classifier_data, forbidden, provenance, semantic, tokenization
+from guard_service.policy.artifacts import ArtifactWriter, Manifest, sha256_file
+from guard_service.policy.expansion import AskModel, Expansion, expand
+from guard_service.policy.request import UnlearningRequest
+
+
+@dataclass
+class CompileContext:
+    policies_dir: Path
+    indexes_dir: Path
+    model_dir: Path
+    served_model_name: str
+    tokenizer: Any
+    ask_model: AskModel | None = None
+    max_document_bytes: int = 64 * 1024 * 1024
+
+
+def _tokenizer_identity(ctx: CompileContext) -> dict[str, Any]:
+    tok_file = ctx.model_dir / "tokenizer.json"
+    return {"name_or_path": str(getattr(ctx.tokenizer, "name_or_path", ctx.model_dir)),
+            "vocab_size": len(ctx.tokenizer),
+            "tokenizer_json_sha256": sha256_file(tok_file) if tok_file.is_file() else None}
+
+
+def _model_identity(ctx: CompileContext) -> dict[str, Any]:
+    config = ctx.model_dir / "config.json"
+    return {"served_model_name": ctx.served_model_name, "path": str(ctx.model_dir),
+            "config_sha256": sha256_file(config) if config.is_file() else None}
+
+
+async def compile_version(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRequest,
+                          removed_expanded: list[str]) -> Manifest:
+    began = time.perf_counter()
+    expansion = Expansion()
+    if spec.expand_knowledge() and ctx.ask_model is not None:
+        known = [spec.target, *spec.aliases]
+        expansion = (await expand(ctx.ask_model, spec.target, spec.description, known)).without(removed_expanded)
+    expand_s = time.perf_counter() - began
+    manifest = await asyncio.to_thread(_build, ctx, policy_id, version, spec, expansion)
+    manifest.stats["seconds"]["expansion"] = round(expand_s, 3)
+    manifest.stats["seconds"]["total"] = round(time.perf_counter() - began, 3)
+    return manifest
+
+
+def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRequest,
+           expansion: Expansion) -> Manifest:
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    tok = ctx.tokenizer
+    writer = ArtifactWriter(ctx.policies_dir, policy_id, version)
+    try:
+        items = forbidden.collect(spec.target, spec.aliases, spec.facts, spec.description,
+                                  expansion.names, expansion.facts)
+        strings = sorted({v for item in items for v in forbidden.variants(item.text)})
+        writer.json("forbidden.json", {"items": [{"text": i.text, "origin": i.origin} for i in items],
+                                       "variants": strings, "expansion": expansion.as_dict()})
+        lap("forbidden_strings")
+
+        sequences = tokenization.sequences_for(tok, strings)
+        lengths = np.asarray([len(s) for s in sequences], dtype=np.int64)
+        writer.array("trie_tokens.npy", np.asarray([t for s in sequences for t in s], dtype=np.int32))
+        writer.array("trie_offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        lap("trie")
+
+        embeddings = semantic.input_embeddings(str(ctx.model_dir))
+        anchors = semantic.anchor_tokens(tok, [i.text for i in items])
+        vocab = min(len(tok), embeddings.shape[0])
+        ids, weights = semantic.penalty_weights(embeddings, anchors, spec.strength.semantic_threshold,
+                                                semantic.wordlike(tok, vocab), list(tok.all_special_ids))
+        writer.array("semantic_ids.npy", ids)
+        writer.array("semantic_weights.npy", weights)
+        writer.array("anchor_ids.npy", np.asarray(anchors, dtype=np.int64))
+        lap("semantic")
+
+        statements = [*spec.facts, *spec.example_prompts, *expansion.facts]
+        clf = classifier_data.build(spec.target, spec.kind, [*spec.aliases, *expansion.names], statements,
+                                    spec.retain_examples, spec.strength.classifier_fpr,
+                                    spec.strength.steer_threshold)
+        faiss.write_index(clf.index, str(writer.path("classifier.faiss")))
+        refuse_at = spec.strength.refuse_threshold or min(0.95, clf.threshold + 0.5 * (1 - clf.threshold))
+        writer.json("classifier.json", {"texts": clf.texts, "threshold": clf.threshold, "refuse_threshold": refuse_at,
+                                        "aliases": [spec.target, *spec.aliases, *expansion.names]})
+        lap("classifier")
+
+        prov = None
+        documents = [(f"upload:{i}", d) for i, d in enumerate(spec.protected_documents) if d.strip()]
+        for p in spec.protected_paths:
+            documents += list(provenance.iter_path_documents(Path(p), ctx.indexes_dir))
+        if documents:
+            total = sum(len(d) for _, d in documents)
+            if total > ctx.max_document_bytes:
+                raise ValueError(f"protected documents total {total} bytes, over {ctx.max_document_bytes}")
+            separator = int(tok.eos_token_id if tok.eos_token_id is not None else 0)
+            prov = provenance.build(writer.path("provenance"), tok, documents, separator, total)
+            prov["min_span"] = spec.strength.provenance_min_span
+        lap("provenance")
+
+        manifest = Manifest(
+            policy_id=policy_id, version=version, target=spec.target, action=spec.action.value,
+            strength=spec.strength.model_dump(), tokenizer=_tokenizer_identity(ctx), model=_model_identity(ctx),
+            embedder=EMBEDDER_NAME, calibration={**clf.calibration, "refuse_threshold": refuse_at},
+            provenance=prov,
+            stats={"forbidden_items": len(items), "variants": len(strings), "sequences": len(sequences),
+                   "anchors": len(anchors), "semantic_tokens": int(len(ids)), "classifier_texts": len(clf.texts),
+                   "expanded_names": len(expansion.names), "expanded_facts": len(expansion.facts),
+                   "seconds": timings})
+        writer.publish(manifest)
+        return manifest
+    except BaseException:
+        writer.discard()
+        raise

@@ -1,0 +1,122 @@
+"""The knowledge-level unlearning request an operator submits, and its PATCH form.
+
+An operator names *what* must be forgotten; the compiler works out which strings, tokens and prompts that
+means for the served model.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+
+
+class TargetKind(StrEnum):
+    entity = "entity"
+    topic = "topic"
+    document = "document"
+    capability = "capability"
+
+
+class Action(StrEnum):
+    refuse = "refuse"
+    steer = "steer"
+
+
+class Status(StrEnum):
+    pending = "pending"
+    compiling = "compiling"
+    active = "active"
+    failed = "failed"
+    revoked = "revoked"
+    expired = "expired"
+
+
+class Strength(BaseModel):
+    """Knobs with defaults that suit a small model; each is documented where the runtime uses it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ban_forbidden: bool = Field(True, description="hard-ban the next token of a matched forbidden sequence")
+    first_token_penalty: float = Field(8.0, ge=0, le=100, description="logit penalty on each sequence's first token")
+    semantic_penalty: float = Field(
+        4.0, ge=0, le=100, description="max logit penalty for tokens close to forbidden ones")
+    semantic_threshold: float = Field(0.5, ge=0, le=1, description="cosine similarity below which no penalty applies")
+    classifier_fpr: float = Field(0.01, gt=0, lt=0.5, description="false-positive rate the threshold is calibrated to")
+    refuse_threshold: float | None = Field(None, ge=0, le=1, description="score above which steer becomes refuse")
+    steer_threshold: float | None = Field(None, ge=0, le=1, description="override of the calibrated threshold")
+    provenance_min_span: int = Field(8, ge=2, le=256, description="L: longest verbatim protected span allowed + 1")
+    expand_knowledge: bool | None = Field(
+        None, description="ask the model for aliases/facts; default on for entity/topic")
+
+
+class Scope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ShortText] = Field(default_factory=list, description="served model names; empty = all")
+    api_keys: list[ShortText] = Field(default_factory=list, description="client API keys; empty = all")
+
+
+class UnlearningRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: ShortText
+    kind: TargetKind = TargetKind.entity
+    aliases: list[ShortText] = Field(default_factory=list, max_length=200)
+    description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=5000)] = ""
+    facts: list[NonEmpty] = Field(default_factory=list, max_length=500)
+    example_prompts: list[NonEmpty] = Field(default_factory=list, max_length=500)
+    protected_documents: list[str] = Field(default_factory=list, max_length=1000)
+    protected_paths: list[ShortText] = Field(
+        default_factory=list, description="server-side files or folders under the indexes/ directory")
+    retain_examples: list[NonEmpty] = Field(default_factory=list, max_length=500)
+    action: Action = Action.steer
+    strength: Strength = Field(default_factory=Strength)
+    scope: Scope = Field(default_factory=Scope)
+    expires_at: datetime | None = None
+    requested_by: ShortText = "unknown"
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] = ""
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_future(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        if value <= datetime.now(UTC):
+            raise ValueError("expires_at must be in the future")
+        return value
+
+    @model_validator(mode="after")
+    def _aliases_differ(self) -> UnlearningRequest:
+        self.aliases = [a for a in dict.fromkeys(self.aliases) if a.casefold() != self.target.casefold()]
+        return self
+
+    def expand_knowledge(self) -> bool:
+        if self.strength.expand_knowledge is not None:
+            return self.strength.expand_knowledge
+        return self.kind in (TargetKind.entity, TargetKind.topic)
+
+
+class UnlearningPatch(BaseModel):
+    """Fields to change; anything left out keeps its value. `remove_expanded` drops reviewed expansions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    aliases: list[ShortText] | None = None
+    description: str | None = None
+    facts: list[NonEmpty] | None = None
+    example_prompts: list[NonEmpty] | None = None
+    protected_documents: list[str] | None = None
+    retain_examples: list[NonEmpty] | None = None
+    action: Action | None = None
+    strength: Strength | None = None
+    scope: Scope | None = None
+    expires_at: datetime | None = None
+    reason: str | None = None
+    remove_expanded: list[str] = Field(default_factory=list, description="expanded items to exclude from now on")

@@ -1,0 +1,77 @@
+"""Compile loop run by every API process: claim pending versions from the shared store, compile, activate.
+
+Any replica may compile any request (the store's conditional claim picks one); a crash mid-compile leaves a
+stale claim that goes back to pending, and a failed compile leaves the previous version active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from guard_service.policy.compiler import CompileContext, compile_version
+from guard_service.policy.request import UnlearningRequest
+from guard_service.store.sqlite import PolicyStore
+
+log = logging.getLogger(__name__)
+STALE_CLAIM_S = 600
+
+
+class CompileScheduler:
+    def __init__(self, store: PolicyStore, context: Callable[[], CompileContext | None], interval_s: float = 0.5,
+                 on_compiled: Callable[[str, int, float], None] | None = None):
+        self.store = store
+        self.context = context
+        self.interval_s = interval_s
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.wake = asyncio.Event()
+        self.on_compiled = on_compiled
+
+    async def run(self) -> None:
+        self.store.release_stale_claims(STALE_CLAIM_S)
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must outlive any one bad tick; the error is logged, not hidden
+                log.exception("compile scheduler tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.interval_s)
+            self.wake.clear()
+
+    async def tick(self) -> None:
+        expired = self.store.expire_due()
+        if expired:
+            log.info("expired policies: %s", expired)
+        ctx = self.context()
+        if ctx is None:  # engine not ready yet: its tokenizer is the compile target
+            return
+        for row in self.store.pending():
+            if self.store.claim(row.request_id, row.version, self.worker):
+                await self.compile_one(ctx, row.request_id, row.version, row.spec)
+
+    async def compile_one(self, ctx: CompileContext, request_id: str, version: int, spec: dict) -> None:
+        began = time.perf_counter()
+        removed = spec.pop("removed_expanded", [])
+        try:
+            request = UnlearningRequest.model_validate(spec)
+            manifest = await compile_version(ctx, request_id, version, request, removed)
+        except asyncio.CancelledError:
+            self.store.fail(request_id, version, "compile cancelled (server shutting down)")
+            raise
+        except Exception as exc:
+            log.exception("compile of %s v%d failed", request_id, version)
+            self.store.fail(request_id, version, f"{type(exc).__name__}: {exc}")
+            return
+        path = str(ctx.policies_dir / request_id / f"v{version}")
+        self.store.activate(request_id, version, path, manifest.model_dump())
+        seconds = time.perf_counter() - began
+        log.info("compiled %s v%d in %.2fs", request_id, version, seconds)
+        if self.on_compiled:
+            self.on_compiled(request_id, version, seconds)

@@ -1,0 +1,75 @@
+"""Forbidden strings -> every token-id sequence the served tokenizer can spell them with.
+
+The canonical encoding is not enough: once its last token is banned, a model happily spells the same word
+with other pieces (" Row" "l" "ing"). So each string is segmented over the vocabulary's surface forms, in
+the contexts a word appears in (start of text, after a space), keeping the shortest segmentations.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from typing import Any
+
+MAX_EXTRA_TOKENS = 1  # segmentations up to canonical length + this
+MAX_PER_STRING = 32
+_EXPLORE = 512  # segmentations enumerated before the shortest MAX_PER_STRING are kept
+
+
+@functools.lru_cache(maxsize=4)
+def _surfaces(tokenizer: Any) -> tuple[dict[str, list[int]], int]:
+    """Decoded text of every vocabulary id (ids that decode to partial UTF-8 are left out)."""
+    size = len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=True)
+    special = set(getattr(tokenizer, "all_special_ids", []))
+    table: dict[str, list[int]] = {}
+    for i, t in enumerate(texts):
+        if t and "\ufffd" not in t and i not in special:
+            table.setdefault(t, []).append(i)
+    return table, max(len(t) for t in table)
+
+
+def segmentations(tokenizer: Any, text: str, limit: int = MAX_PER_STRING) -> list[list[int]]:
+    """The canonical encoding first, then the shortest alternatives (bounded: names can have thousands)."""
+    canonical = tokenizer.encode(text, add_special_tokens=False)
+    if not canonical:
+        return []
+    table, longest = _surfaces(tokenizer)
+    max_len = len(canonical) + MAX_EXTRA_TOKENS
+    found: list[list[int]] = [list(canonical)]
+    seen = {tuple(canonical)}
+
+    @functools.cache
+    def reachable(pos: int) -> int:  # fewest tokens to finish from pos (inf when impossible)
+        if pos == len(text):
+            return 0
+        best = 1 << 30
+        for end in range(pos + 1, min(len(text), pos + longest) + 1):
+            if text[pos:end] in table:
+                best = min(best, 1 + reachable(end))
+        return best
+
+    def walk(pos: int, prefix: list[int]) -> None:
+        if len(found) >= _EXPLORE:
+            return
+        if pos == len(text):
+            if tuple(prefix) not in seen:
+                seen.add(tuple(prefix))
+                found.append(list(prefix))
+            return
+        for end in range(min(len(text), pos + longest), pos, -1):  # longer pieces first
+            piece = text[pos:end]
+            if piece in table and len(prefix) + 1 + reachable(end) <= max_len:
+                walk(end, [*prefix, table[piece][0]])
+
+    walk(0, [])
+    return sorted(found, key=len)[:limit]
+
+
+def sequences_for(tokenizer: Any, strings: Iterable[str]) -> list[list[int]]:
+    """All sequences for each string at the start of text and after a space; deduplicated, sorted."""
+    out: set[tuple[int, ...]] = set()
+    for s in strings:
+        for form in (s, " " + s):
+            out.update(tuple(seq) for seq in segmentations(tokenizer, form))
+    return [list(seq) for seq in sorted(out)]

@@ -1,0 +1,157 @@
+"""The guard inside vLLM: a V1 batch-level logits processor living in the engine's worker process.
+
+Per-request data arrives in `SamplingParams.extra_args`:
+    guard_policies: "pol_a@3,pol_b@1"   the policy versions the prompt classifier matched
+    guard_root:     "/srv/policies"     artifact location (shared by every replica)
+Rows without `guard_policies` are never touched. For guarded rows, each step:
+    1. consume the tokens generated since the last step (cursor over vLLM's live output list),
+    2. subtract the combined semantic + first-token penalty (one `index_add_` per policy combination),
+    3. set -inf on every token that would complete a forbidden sequence.
+Nothing may raise out of `update_state`/`apply` (that kills the engine for everyone): a row whose policy
+cannot be loaded fails closed, i.e. it is forced to end at once, and the API turns that into a refusal.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+
+from guard_service.policy.artifacts import MANIFEST, version_dir
+from guard_service.runtime.policy_cache import LoadedPolicy, PolicyCache, parse_keys
+from guard_service.runtime.trie import TrieMatcher
+
+log = logging.getLogger(__name__)
+
+POLICIES_ARG = "guard_policies"
+ROOT_ARG = "guard_root"
+FQCN = "guard_service.runtime.logits_processor:GuardLogitsProcessor"
+
+
+def guard_args(params: Any) -> tuple[str, str] | None:
+    extra = getattr(params, "extra_args", None) or {}
+    spec = extra.get(POLICIES_ARG)
+    return (str(spec), str(extra.get(ROOT_ARG, ""))) if spec else None
+
+
+@dataclass
+class RowState:
+    policies: tuple[LoadedPolicy, ...]
+    output_ids: list[int]  # vLLM's live list: it grows every step
+    matchers: list[TrieMatcher] = field(default_factory=list)
+    cursor: int = 0
+    failed: bool = False
+
+    def advance(self) -> None:
+        ids = self.output_ids
+        while self.cursor < len(ids):
+            tok = ids[self.cursor]
+            if tok < 0:  # async-scheduling placeholder, repaired before sampling
+                break
+            for m in self.matchers:
+                m.feed(tok)
+            self.cursor += 1
+
+    def banned(self) -> set[int]:
+        out: set[int] = set()
+        for p, m in zip(self.policies, self.matchers, strict=True):
+            if p.ban:
+                out |= m.banned()
+        return out
+
+
+class GuardLogitsProcessor(LogitsProcessor):
+    @classmethod
+    def validate_params(cls, sampling_params: Any) -> None:
+        """Frontend check (raising rejects only this request): every named policy version exists on disk."""
+        args = guard_args(sampling_params)
+        if args is None:
+            return
+        spec, root = args
+        for policy_id, version in parse_keys(spec):
+            if not (version_dir(Path(root), policy_id, version) / MANIFEST).is_file():
+                raise ValueError(f"unknown guard policy {policy_id}@{version}")
+
+    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool):
+        self.device = device
+        self.vocab_size = vllm_config.model_config.get_vocab_size()
+        self.eos_id = self._eos(vllm_config)
+        self.cache = PolicyCache(self.vocab_size, device)
+        self.rows: dict[int, RowState] = {}
+        self.stats = {"rows_guarded": 0, "rows_failed_closed": 0, "tokens_banned": 0, "steps": 0}
+
+    @staticmethod
+    def _eos(vllm_config: Any) -> int:
+        hf = vllm_config.model_config.hf_config
+        eos = getattr(hf, "eos_token_id", None)
+        return int(eos[0] if isinstance(eos, list) else eos if eos is not None else 0)
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it changes which token wins: must run for greedy requests too
+
+    def _new_state(self, params: Any, _prompt_ids: Any, output_ids: list[int]) -> RowState | None:
+        args = guard_args(params)
+        if args is None:
+            return None
+        spec, root = args
+        self.stats["rows_guarded"] += 1
+        try:
+            policies = tuple(self.cache.get(Path(root), pid, ver) for pid, ver in parse_keys(spec))
+        except Exception:
+            log.exception("guard: cannot load %s; failing this request closed", spec)
+            self.stats["rows_failed_closed"] += 1
+            return RowState(policies=(), output_ids=output_ids, failed=True)
+        return RowState(policies=policies, output_ids=output_ids, matchers=[TrieMatcher(p.trie) for p in policies])
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        try:
+            process_dict_updates(self.rows, batch_update, self._new_state)
+        except Exception:
+            log.exception("guard: update_state failed; guarded rows fail closed")
+            for st in self.rows.values():
+                st.failed = True
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
+            return logits
+        try:
+            self._apply(logits)
+        except Exception:
+            log.exception("guard: apply failed; guarded rows fail closed")
+            for row in self.rows:
+                self._force_end(logits, row)
+        return logits
+
+    def _apply(self, logits: torch.Tensor) -> None:
+        self.stats["steps"] += 1
+        groups: dict[tuple[str, ...], tuple[tuple[LoadedPolicy, ...], list[int]]] = {}
+        ban_rows: list[int] = []
+        ban_cols: list[int] = []
+        for row, st in self.rows.items():
+            if st.failed:
+                self._force_end(logits, row)
+                continue
+            st.advance()
+            combo = tuple(p.key for p in st.policies)
+            groups.setdefault(combo, (st.policies, []))[1].append(row)
+            banned = st.banned()
+            ban_rows += [row] * len(banned)
+            ban_cols += banned
+        for policies, rows in groups.values():
+            vec = self.cache.combined_penalty(policies)[: logits.shape[1]]
+            index = torch.tensor(rows, device=logits.device)
+            logits.index_add_(0, index, vec.to(logits.dtype).expand(len(rows), -1), alpha=-1)
+        if ban_rows:
+            self.stats["tokens_banned"] += len(ban_rows)
+            logits.index_put_((torch.tensor(ban_rows, device=logits.device),
+                               torch.tensor(ban_cols, device=logits.device)),
+                              torch.tensor(float("-inf"), device=logits.device, dtype=logits.dtype))
+
+    def _force_end(self, logits: torch.Tensor, row: int) -> None:
+        logits[row].fill_(float("-inf"))
+        logits[row, self.eos_id] = 0.0
