@@ -23,11 +23,12 @@ from guard_service.serving.prompts import chat_token_ids
 PROMPTS = [f"Write a short story about a robot named Unit {i}." for i in range(64)]
 
 
-def http_batch(url: str, model: str, prompts: list[str], tokens: int, stream: bool) -> tuple[int, float]:
+def http_batch(url: str, model: str, prompts: list[str], tokens: int, stream: bool,
+               headers: dict[str, str] | None = None) -> tuple[int, float]:
     """One concurrent batch through the openai SDK, run in a separate client process like a real client."""
 
     async def batch() -> tuple[int, float]:
-        client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=600)
+        client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=600, default_headers=headers)
 
         async def one(p: str) -> int:
             kwargs = dict(model=model, messages=[{"role": "user", "content": p}], temperature=0, max_tokens=tokens,

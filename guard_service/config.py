@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     indexes_dir: Path = Field(default=Path("indexes"), description="server-side corpora a request may name")
     max_document_bytes: int = Field(default=32 * 1024 * 1024, description="protected text per request (413)")
     refresh_interval_s: float = Field(default=0.5, description="how often the store is polled for changes")
-    expand_max_tokens: int = Field(default=64, description="tokens per knowledge-expansion answer")
+    expand_max_tokens: int = Field(default=48, description="tokens per knowledge-expansion answer")
 
     # Auth: name -> token. Admin tokens may write; viewer tokens may only read the admin API.
     admin_tokens: dict[str, str] = Field(default_factory=dict)

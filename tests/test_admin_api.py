@@ -53,8 +53,8 @@ def test_auth_required(server: Server) -> None:
 
 
 def test_request_becomes_active_with_verified_artifacts(hp_policy: dict, tokenizer) -> None:
-    assert hp_policy["active_version"] == 1
-    version = hp_policy["versions"][0]
+    assert hp_policy["active_version"] >= 1
+    version = next(v for v in hp_policy["versions"] if v["version"] == hp_policy["active_version"])
     assert version["status"] == "active" and version["calibration"]["recall_heldout"] is not None
     assert 0 < version["calibration"]["threshold"] < 1
     path = Path(version["artifact_dir"])
@@ -67,7 +67,27 @@ def test_request_becomes_active_with_verified_artifacts(hp_policy: dict, tokeniz
         assert _contains_sequence(sequences, tokenizer.encode(word, add_special_tokens=False)), word
     texts = {item["text"] for item in hp_policy["forbidden"]}
     assert {"Harry Potter", "J.K. Rowling", "Hogwarts", "Hermione", "Rowling"} <= texts
-    assert "names" in hp_policy["expansion"] and "raw" in hp_policy["expansion"]
+
+
+def test_knowledge_expansion_follows_and_can_be_pruned(hp_policy: dict, admin: httpx.Client) -> None:
+    """v1 is enforced from the operator's words alone; the compiler then asks the model itself and publishes
+    v2 with what it knows; an operator can drop an expanded item, which yields v3 without it."""
+    expanded = wait_status(admin, hp_policy["id"], "active", 2)
+    v2 = next(v for v in expanded["versions"] if v["version"] == 2)
+    assert v2["compile_stats"]["knowledge_expansion"] is True
+    items = expanded["expansion"]["names"] + expanded["expansion"]["facts"]
+    assert items, expanded["expansion"]
+    assert all(item in expanded["expansion"]["scores"] for item in items)
+    assert any(item["origin"] == "expanded" for item in expanded["forbidden"]) or expanded["expansion"]["facts"]
+    audit = admin.get("/audit", params={"request_id": hp_policy["id"]}).json()
+    assert any(a["action"] == "expand" and a["actor"] == "compiler" for a in audit)
+
+    dropped = items[0]
+    r = admin.patch(f"/unlearning-requests/{hp_policy['id']}", json={"remove_expanded": [dropped]})
+    assert r.status_code == 202 and r.json()["version"] == 3
+    pruned = wait_status(admin, hp_policy["id"], "active", 4)  # v3 fast, v4 re-expanded without the item
+    assert dropped in pruned["removed_expanded"]
+    assert dropped not in pruned["expansion"]["names"] + pruned["expansion"]["facts"]
 
 
 def test_tampered_artifact_fails_verification(hp_policy: dict, tmp_path: Path) -> None:

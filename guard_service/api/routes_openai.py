@@ -1,4 +1,9 @@
-"""OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/models."""
+"""OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/models.
+
+Request path: render the prompt -> guard check (classify, decide) -> refuse without generating, or generate
+(steered rows carry their policies to the engine's logits processor) -> output guard on every delta (leak
+scan, block, fail-closed) -> SSE chunks or one JSON body, with a `guard` object and `x-guard-*` headers.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from guard_service.api.sse import sse_response
 from guard_service.config import Settings
 from guard_service.runtime.decision import REFUSAL, GuardDecision, Verdict
 from guard_service.runtime.guard import BYPASS_HEADER, Guard
+from guard_service.runtime.output_guard import CONTENT_FILTER, OutputGuard
 from guard_service.serving.generation import ChoiceDelta, collect, generate
 from guard_service.serving.logprobs import chat_logprobs, completion_logprobs
 from guard_service.serving.prompts import check_vocab, encode_prompts, render_chat
@@ -51,30 +57,64 @@ def _api_key(request: Request) -> str | None:
     return auth[7:].strip() if auth.lower().startswith("bearer ") else None
 
 
-async def _guard(request: Request, model: str, turns: list[str]) -> GuardDecision:
-    guard: Guard = request.app.state.guard
-    return await guard.check(turns, model, _api_key(request), request.headers.get(BYPASS_HEADER))
-
-
-def _failed_closed(decision: GuardDecision, text: str, token_ids: list[int], finish: str | None) -> bool:
-    """A steered row whose policy the worker could not load is forced to end at once (see logits_processor)."""
-    return decision.verdict is Verdict.steer and not text and len(token_ids) <= 1 and finish == "stop"
-
-
-def _json(model: Any, decision: GuardDecision) -> JSONResponse:
-    return JSONResponse(model.model_dump(mode="json"), headers=Guard.headers(decision))
-
-
 def _usage(prompts: list[list[int]], completion_tokens: int) -> Usage:
     prompt_tokens = sum(len(p) for p in prompts)
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                  total_tokens=prompt_tokens + completion_tokens)
 
 
+class _Guarded:
+    """The guard's view of one HTTP request: its decision before generation and its output guard during."""
+
+    def __init__(self, request: Request, model: str):
+        self.guard: Guard = request.app.state.guard
+        self.model, self.api_key = model, _api_key(request)
+        self.bypass = request.headers.get(BYPASS_HEADER)
+
+    async def check(self, turns: list[str]) -> GuardDecision:
+        self.decision = await self.guard.check(turns, self.model, self.api_key, self.bypass)
+        self.output = self.guard.output_guard(self.decision, self.model, self.api_key)
+        return self.decision
+
+    def extra_args(self) -> dict[str, Any] | None:
+        return self.decision.extra_args(self.guard.policies_dir)
+
+    def headers(self) -> dict[str, str]:
+        return Guard.headers(self.decision)
+
+
+async def _guarded_deltas(deltas: AsyncIterator[ChoiceDelta], output: OutputGuard,
+                          n_choices: int) -> AsyncIterator[ChoiceDelta]:
+    """Deltas after the output guard; stops generating once every choice is blocked (that aborts the engine
+    requests)."""
+    async for d in deltas:
+        text, finish, over = output.on_delta(d.index, d.text, d.token_ids, d.finish_reason)
+        if text or finish or not over:
+            blocked = finish == CONTENT_FILTER
+            yield ChoiceDelta(d.index, text, d.token_ids, None if blocked else d.logprobs, finish)
+        if output.all_over(n_choices):
+            return
+
+
+async def _with_guard_trailer(chunks: AsyncIterator[Any], guarded: _Guarded) -> AsyncIterator[Any]:
+    """Hold each chunk until the next arrives, so the last one can carry the guard's account (leaks found,
+    ban steps), which is complete only once generation is."""
+    last = None
+    async for chunk in chunks:
+        if last is not None:
+            yield last
+        last = chunk
+    if last is not None:
+        yield last.model_copy(update={"guard": guarded.output.summary()})
+
+
 @router.get("/models", response_model=ModelList)
 async def list_models(settings: SettingsDep) -> ModelList:
     return ModelList(data=[ModelCard(id=settings.served_model_name, created=now(),
                                      max_model_len=settings.max_model_len)])
+
+
+# ---- chat ----------------------------------------------------------------------------------------------
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
@@ -85,78 +125,64 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, settin
     prompt = render_chat(engine.get_tokenizer(), body.messages)
     max_tokens = resolve_max_tokens(body.requested_max_tokens(), [len(prompt)],
                                     engine.model_config.max_model_len, "messages")
-    decision = await _guard(request, body.model, [m.text() for m in body.messages if m.role == "user"])
+    guarded = _Guarded(request, body.model)
+    decision = await guarded.check([m.text() for m in body.messages if m.role == "user"])
     request_id = new_id("chatcmpl")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if decision.verdict is Verdict.refuse:
+        refusal = _chat_refusal(request_id, body, [prompt], guarded)
         if body.stream:
-            return sse_response(_chat_refusal_chunks(request_id, body, [prompt], include_usage, decision),
-                                Guard.headers(decision))
-        return _json(_chat_refusal(request_id, body, [prompt], decision), decision)
+            return sse_response(_chat_refusal_chunks(refusal, include_usage), guarded.headers())
+        return JSONResponse(refusal.model_dump(mode="json"), headers=guarded.headers())
 
-    params = sampling_params(body, max_tokens, decision.extra_args(request.app.state.guard.policies_dir))
-    deltas = generate(engine, [prompt], params, request_id)
+    params = sampling_params(body, max_tokens, guarded.extra_args())
+    deltas = _guarded_deltas(generate(engine, [prompt], params, request_id), guarded.output, body.n)
     k = body.top_logprobs or 0
     if body.stream:
-        return sse_response(_chat_chunks(deltas, request_id, body, [prompt], include_usage, k, decision),
-                            Guard.headers(decision))
+        return sse_response(_with_guard_trailer(_chat_chunks(deltas, request_id, body, [prompt], include_usage, k),
+                                                guarded), guarded.headers())
 
     choices = await cancel_on_disconnect(request, collect(deltas, body.n))
-    if any(_failed_closed(decision, c.text, c.token_ids, c.finish_reason) for c in choices):
-        return _json(_chat_refusal(request_id, body, [prompt], decision, failed_closed=True), decision)
-    return _json(ChatCompletion(
+    response = ChatCompletion(
         id=request_id, created=now(), model=body.model,
-        choices=[ChatChoice(index=c.index, message=AssistantMessage(content=c.text),
-                            finish_reason=c.finish_reason,
+        choices=[ChatChoice(index=c.index, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason,
                             logprobs=chat_logprobs(c.token_ids, c.logprobs, k) if c.logprobs is not None else None)
                  for c in choices],
         usage=_usage([prompt], sum(len(c.token_ids) for c in choices)),
-        guard=decision.summary(),
-    ), decision)
+        guard=guarded.output.summary())
+    return JSONResponse(response.model_dump(mode="json"), headers=guarded.headers())
 
 
-def _chat_refusal(request_id: str, body: ChatCompletionRequest, prompts: list[list[int]], decision: GuardDecision,
-                  failed_closed: bool = False) -> ChatCompletion:
+def _chat_refusal(request_id: str, body: ChatCompletionRequest, prompts: list[list[int]],
+                  guarded: _Guarded) -> ChatCompletion:
     return ChatCompletion(
         id=request_id, created=now(), model=body.model,
-        choices=[ChatChoice(index=i, message=AssistantMessage(content=REFUSAL), finish_reason="content_filter")
+        choices=[ChatChoice(index=i, message=AssistantMessage(content=REFUSAL), finish_reason=CONTENT_FILTER)
                  for i in range(body.n)],
-        usage=_usage(prompts, 0), guard=decision.summary(failed_closed=failed_closed))
+        usage=_usage(prompts, 0), guard=guarded.decision.summary())
 
 
-async def _chat_refusal_chunks(request_id: str, body: ChatCompletionRequest, prompts: list[list[int]],
-                               include_usage: bool, decision: GuardDecision) -> AsyncIterator[ChatCompletionChunk]:
-    full = _chat_refusal(request_id, body, prompts, decision)
-    for choice in full.choices:
-        yield ChatCompletionChunk(id=request_id, created=full.created, model=body.model, choices=[ChatChunkChoice(
-            index=choice.index, delta=ChatDelta(role="assistant", content=REFUSAL), finish_reason="content_filter")],
-            guard=full.guard)
+async def _chat_refusal_chunks(refusal: ChatCompletion, include_usage: bool) -> AsyncIterator[ChatCompletionChunk]:
+    for choice in refusal.choices:
+        yield ChatCompletionChunk(id=refusal.id, created=refusal.created, model=refusal.model, guard=refusal.guard,
+                                  choices=[ChatChunkChoice(index=choice.index, finish_reason=CONTENT_FILTER,
+                                                           delta=ChatDelta(role="assistant", content=REFUSAL))])
     if include_usage:
-        yield ChatCompletionChunk(id=request_id, created=full.created, model=body.model, choices=[],
-                                  usage=full.usage)
+        yield ChatCompletionChunk(id=refusal.id, created=refusal.created, model=refusal.model, choices=[],
+                                  usage=refusal.usage)
 
 
 async def _chat_chunks(deltas: AsyncIterator[ChoiceDelta], request_id: str, body: ChatCompletionRequest,
-                       prompts: list[list[int]], include_usage: bool, k: int,
-                       decision: GuardDecision) -> AsyncIterator[ChatCompletionChunk]:
+                       prompts: list[list[int]], include_usage: bool, k: int) -> AsyncIterator[ChatCompletionChunk]:
     created = now()
 
-    def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None,
-              guard: dict | None = None) -> ChatCompletionChunk:
-        return ChatCompletionChunk(id=request_id, created=created, model=body.model, choices=choices, usage=usage,
-                                   guard=guard)
+    def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=request_id, created=created, model=body.model, choices=choices, usage=usage)
 
-    yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content="")) for i in range(body.n)],
-                guard=decision.summary())
+    yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content="")) for i in range(body.n)])
     generated = 0
-    produced: dict[int, int] = {}
     async for d in deltas:
         generated += len(d.token_ids)
-        produced[d.index] = produced.get(d.index, 0) + len(d.token_ids)
-        if d.finish_reason and _failed_closed(decision, d.text, [0] * produced[d.index], d.finish_reason):
-            yield chunk([ChatChunkChoice(index=d.index, delta=ChatDelta(content=REFUSAL),
-                                         finish_reason="content_filter")])
-            continue
         if not d.text and d.finish_reason is None:
             continue
         yield chunk([ChatChunkChoice(
@@ -164,6 +190,9 @@ async def _chat_chunks(deltas: AsyncIterator[ChoiceDelta], request_id: str, body
             logprobs=chat_logprobs(d.token_ids, d.logprobs, k) if d.logprobs is not None else None)])
     if include_usage:
         yield chunk([], _usage(prompts, generated))
+
+
+# ---- completions ---------------------------------------------------------------------------------------
 
 
 @router.post("/completions", response_model=Completion)
@@ -176,44 +205,42 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
     check_vocab(prompts, engine.model_config.get_vocab_size())
     max_tokens = resolve_max_tokens(body.requested_max_tokens(), [len(p) for p in prompts],
                                     engine.model_config.max_model_len, "prompt")
-    decision = await _guard(request, body.model, [tokenizer.decode(p) for p in prompts])
+    guarded = _Guarded(request, body.model)
+    decision = await guarded.check([tokenizer.decode(p) for p in prompts])
     request_id = new_id("cmpl")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     n_choices = len(prompts) * body.n
     if decision.verdict is Verdict.refuse:
         refusal = Completion(id=request_id, created=now(), model=body.model, usage=_usage(prompts, 0),
-                             choices=[CompletionChoice(index=i, text=REFUSAL, finish_reason="content_filter")
+                             choices=[CompletionChoice(index=i, text=REFUSAL, finish_reason=CONTENT_FILTER)
                                       for i in range(n_choices)], guard=decision.summary())
         if body.stream:
-            return sse_response(_one_shot([refusal.model_copy(update={"usage": None})] + (
-                [refusal.model_copy(update={"choices": [], "guard": None})] if include_usage else [])),
-                Guard.headers(decision))
-        return _json(refusal, decision)
+            usage_chunk = refusal.model_copy(update={"choices": [], "guard": None})
+            return sse_response(_items([refusal.model_copy(update={"usage": None})]
+                                       + ([usage_chunk] if include_usage else [])), guarded.headers())
+        return JSONResponse(refusal.model_dump(mode="json"), headers=guarded.headers())
 
-    params = sampling_params(body, max_tokens, decision.extra_args(request.app.state.guard.policies_dir))
-    deltas = generate(engine, prompts, params, request_id)
+    params = sampling_params(body, max_tokens, guarded.extra_args())
+    deltas = _guarded_deltas(generate(engine, prompts, params, request_id), guarded.output, n_choices)
     k = body.logprobs or 0
     echoed = [tokenizer.decode(p) if body.echo else "" for p in prompts]
     if body.stream:
-        return sse_response(_completion_chunks(deltas, request_id, body, prompts, echoed, include_usage, k),
-                            Guard.headers(decision))
+        chunks = _completion_chunks(deltas, request_id, body, prompts, echoed, include_usage, k)
+        return sse_response(_with_guard_trailer(chunks, guarded), guarded.headers())
 
     choices = await cancel_on_disconnect(request, collect(deltas, n_choices))
-    for c in choices:
-        if _failed_closed(decision, c.text, c.token_ids, c.finish_reason):
-            c.text, c.finish_reason, c.logprobs = REFUSAL, "content_filter", None
-    return _json(Completion(
+    response = Completion(
         id=request_id, created=now(), model=body.model,
         choices=[CompletionChoice(
             index=c.index, text=echoed[c.index // body.n] + c.text, finish_reason=c.finish_reason,
             logprobs=completion_logprobs(c.token_ids, c.logprobs, k, len(echoed[c.index // body.n]))
             if c.logprobs is not None else None) for c in choices],
         usage=_usage(prompts, sum(len(c.token_ids) for c in choices)),
-        guard=decision.summary(),
-    ), decision)
+        guard=guarded.output.summary())
+    return JSONResponse(response.model_dump(mode="json"), headers=guarded.headers())
 
 
-async def _one_shot(items: list[Any]) -> AsyncIterator[Any]:
+async def _items(items: list[Any]) -> AsyncIterator[Any]:
     for item in items:
         yield item
 

@@ -2,7 +2,8 @@
 generic negatives and the request's retain examples.
 
 Calibration uses *held-out* phrasings (a template set disjoint from the indexed one), so the recall it
-reports is what a paraphrase gets, not what a memorised string gets.
+reports is what a paraphrase gets, not what a memorised string gets. The threshold sits above every negative
+when that keeps held-out recall >= 0.95; otherwise it admits the target false-positive rate.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _HELDOUT_TEMPLATES = {
               "Write a short overview of {x}.", "What are the key points of {x}?"],
 }
 MIN_THRESHOLD = 0.35  # below this, MiniLM similarity is noise; never calibrate lower
+STRICT_MIN_RECALL = 0.95
 
 
 @functools.cache
@@ -41,7 +43,7 @@ def negative_bank() -> tuple[str, ...]:
 
 
 @functools.cache
-def _negative_vectors() -> np.ndarray:
+def negative_vectors() -> np.ndarray:
     return embed(list(negative_bank()))
 
 
@@ -75,14 +77,19 @@ def build(target: str, kind: TargetKind, names: list[str], statements: list[str]
     index.add(vectors)
 
     heldout = [t.format(x=n) for n in names for t in _templates(kind, _HELDOUT_TEMPLATES)]
-    negatives = _negative_vectors()
+    negatives = negative_vectors()
     pos_scores = scores(index, embed(heldout))
     neg_scores = scores(index, negatives)
     retain_scores = scores(index, embed(retain))
 
+    def recall_at(t: float) -> float:
+        return float((pos_scores >= t).mean()) if len(pos_scores) else 0.0
+
     ranked = np.sort(neg_scores)[::-1]
+    strict = float(ranked[0]) + 1e-4  # above every negative: preferred while held-out recall stays high
     allowed = int(np.floor(fpr * len(ranked)))  # negatives we may let through at the target FPR
-    threshold = float(ranked[min(allowed, len(ranked) - 1)]) + 1e-4
+    at_fpr = float(ranked[min(allowed, len(ranked) - 1)]) + 1e-4
+    threshold = strict if recall_at(strict) >= STRICT_MIN_RECALL else at_fpr
     if len(retain_scores):  # retain examples must stay answerable, whatever that costs in recall
         threshold = max(threshold, float(retain_scores.max()) + 1e-4)
     threshold = max(threshold, MIN_THRESHOLD)

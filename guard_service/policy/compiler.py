@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from guard_service.policy import classifier_data, forbidden, provenance, semanti
 from guard_service.policy.artifacts import ArtifactWriter, Manifest, sha256_file
 from guard_service.policy.expansion import AskModel, Expansion, expand
 from guard_service.policy.request import UnlearningRequest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,17 +45,29 @@ def _model_identity(ctx: CompileContext) -> dict[str, Any]:
             "config_sha256": sha256_file(config) if config.is_file() else None}
 
 
+def warm_caches(ctx: CompileContext) -> None:
+    """Per-model work every compile shares (vocab surfaces, embeddings, the negative bank), done once up front
+    so the first request after start-up is as fast as the rest."""
+    began = time.perf_counter()
+    tokenization.surfaces(ctx.tokenizer)
+    embeddings = semantic.input_embeddings(str(ctx.model_dir))
+    semantic.wordlike(ctx.tokenizer, min(len(ctx.tokenizer), embeddings.shape[0]))
+    classifier_data.negative_vectors()
+    log.info("compiler caches warm in %.2fs", time.perf_counter() - began)
+
+
 async def compile_version(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRequest,
-                          removed_expanded: list[str]) -> Manifest:
+                          removed_expanded: list[str], expand_knowledge: bool) -> Manifest:
     began = time.perf_counter()
     expansion = Expansion()
-    if spec.expand_knowledge() and ctx.ask_model is not None:
+    if expand_knowledge and ctx.ask_model is not None:
         known = [spec.target, *spec.aliases]
         expansion = (await expand(ctx.ask_model, spec.target, spec.description, known)).without(removed_expanded)
     expand_s = time.perf_counter() - began
     manifest = await asyncio.to_thread(_build, ctx, policy_id, version, spec, expansion)
     manifest.stats["seconds"]["expansion"] = round(expand_s, 3)
     manifest.stats["seconds"]["total"] = round(time.perf_counter() - began, 3)
+    manifest.stats["knowledge_expansion"] = expand_knowledge
     return manifest
 
 
@@ -100,7 +115,8 @@ def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRe
         faiss.write_index(clf.index, str(writer.path("classifier.faiss")))
         refuse_at = spec.strength.refuse_threshold or min(0.95, clf.threshold + 0.5 * (1 - clf.threshold))
         writer.json("classifier.json", {"texts": clf.texts, "threshold": clf.threshold, "refuse_threshold": refuse_at,
-                                        "aliases": [spec.target, *spec.aliases, *expansion.names]})
+                                        "aliases": [spec.target, *spec.aliases, *expansion.names],
+                                        "facts": [*spec.facts, *expansion.facts]})
         lap("classifier")
 
         prov = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from guard_service.embedding import embed
+from guard_service.policy.forbidden import GENERIC_WORDS
 
 AskModel = Callable[[list[str]], Awaitable[list[str]]]
 
@@ -45,11 +46,13 @@ class Expansion:
 
 
 def _split_list(text: str) -> list[str]:
-    items = re.split(r"[,\n;]|\band\b", text)
+    """Names only: proper nouns (capitalised), not generic words such as "movies"."""
+    items = re.split(r"[,\n;:]|\band\b", text)
     out = []
     for item in items:
         item = re.sub(r"^\s*(?:\d+[.)]|[-*•])\s*", "", item).strip(" .\"'")
-        if 2 <= len(item) <= 60 and len(item.split()) <= 6:
+        if (2 <= len(item) <= 60 and len(item.split()) <= 6 and item[:1].isupper()
+                and item.casefold() not in GENERIC_WORDS):
             out.append(item)
     return out
 

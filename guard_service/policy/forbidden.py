@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 # Capitalised words that start sentences or are too generic to forbid on their own.
-_GENERIC = {
+GENERIC_WORDS = {
     "a", "an", "the", "this", "that", "these", "those", "he", "she", "it", "they", "we", "i", "you", "his", "her",
     "its", "their", "our", "my", "your", "in", "on", "at", "by", "for", "from", "with", "of", "and", "or", "but",
     "as", "is", "was", "were", "are", "be", "been", "has", "have", "had", "who", "what", "when", "where", "which",
@@ -36,9 +36,9 @@ class Forbidden:
 
 def _trim(phrase: str) -> str:
     words = phrase.strip(" .,;:'’\"").split()
-    while words and words[0].casefold().strip(".") in _GENERIC | _JOINERS:
+    while words and words[0].casefold().strip(".") in GENERIC_WORDS | _JOINERS:
         words.pop(0)
-    while words and words[-1].casefold().strip(".") in _GENERIC | _JOINERS:
+    while words and words[-1].casefold().strip(".") in GENERIC_WORDS | _JOINERS:
         words.pop()
     return " ".join(words)
 
@@ -48,7 +48,7 @@ def salient_phrases(text: str) -> list[str]:
     found: list[str] = []
     for m in _NAME.finditer(text):
         phrase = _trim(m.group(0))
-        if phrase and not (len(phrase.split()) == 1 and phrase.casefold().strip(".") in _GENERIC):
+        if phrase and not (len(phrase.split()) == 1 and phrase.casefold().strip(".") in GENERIC_WORDS):
             found.append(phrase)
     found += [q.strip() for q in _QUOTED.findall(text)]
     found += _NUMBER.findall(text)
@@ -60,7 +60,7 @@ def distinctive_words(phrase: str) -> list[str]:
     words = [w.strip(".,;:'’\"") for w in phrase.split()]
     if len(words) < 2:
         return []
-    return [w for w in words if len(w) >= 4 and w[:1].isupper() and w.casefold() not in _GENERIC]
+    return [w for w in words if len(w) >= 4 and w[:1].isupper() and w.casefold() not in GENERIC_WORDS]
 
 
 def _initials(phrase: str) -> list[str]:

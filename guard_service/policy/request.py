@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -76,6 +76,8 @@ class UnlearningRequest(BaseModel):
         default_factory=list, description="server-side files or folders under the indexes/ directory")
     retain_examples: list[NonEmpty] = Field(default_factory=list, max_length=500)
     action: Action = Action.steer
+    on_leak: Literal["report", "block"] = Field(
+        "report", description="block: cut the stream when the output leak detector fires")
     strength: Strength = Field(default_factory=Strength)
     scope: Scope = Field(default_factory=Scope)
     expires_at: datetime | None = None
@@ -115,8 +117,17 @@ class UnlearningPatch(BaseModel):
     protected_documents: list[str] | None = None
     retain_examples: list[NonEmpty] | None = None
     action: Action | None = None
+    on_leak: Literal["report", "block"] | None = None
     strength: Strength | None = None
     scope: Scope | None = None
     expires_at: datetime | None = None
     reason: str | None = None
     remove_expanded: list[str] = Field(default_factory=list, description="expanded items to exclude from now on")
+
+
+def from_version_spec(stored: dict) -> tuple[UnlearningRequest, list[str], bool]:
+    """A stored version spec is the request plus the store's bookkeeping: the expanded items an operator
+    removed, and whether this version is the compiler's knowledge-expansion follow-up."""
+    spec = {k: v for k, v in stored.items() if k not in ("removed_expanded", "_expand")}
+    return (UnlearningRequest.model_validate(spec), list(stored.get("removed_expanded", [])),
+            bool(stored.get("_expand", False)))

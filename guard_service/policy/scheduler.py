@@ -2,6 +2,10 @@
 
 Any replica may compile any request (the store's conditional claim picks one); a crash mid-compile leaves a
 stale claim that goes back to pending, and a failed compile leaves the previous version active.
+
+Knowledge expansion asks the model and takes seconds, so it never delays enforcement: a request (or patch) is
+compiled and activated from what the operator wrote first, then the compiler queues the next version with
+expansion, which replaces it when ready.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import socket
 import time
 from collections.abc import Callable
 
-from guard_service.policy.compiler import CompileContext, compile_version
-from guard_service.policy.request import UnlearningRequest
+from guard_service.policy.compiler import CompileContext, compile_version, warm_caches
+from guard_service.policy.request import from_version_spec
 from guard_service.store.sqlite import PolicyStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,7 @@ class CompileScheduler:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.wake = asyncio.Event()
         self.on_compiled = on_compiled
+        self._warm = False
 
     async def run(self) -> None:
         self.store.release_stale_claims(STALE_CLAIM_S)
@@ -52,16 +57,18 @@ class CompileScheduler:
         ctx = self.context()
         if ctx is None:  # engine not ready yet: its tokenizer is the compile target
             return
+        if not self._warm:
+            await asyncio.to_thread(warm_caches, ctx)
+            self._warm = True
         for row in self.store.pending():
             if self.store.claim(row.request_id, row.version, self.worker):
                 await self.compile_one(ctx, row.request_id, row.version, row.spec)
 
     async def compile_one(self, ctx: CompileContext, request_id: str, version: int, spec: dict) -> None:
         began = time.perf_counter()
-        removed = spec.pop("removed_expanded", [])
         try:
-            request = UnlearningRequest.model_validate(spec)
-            manifest = await compile_version(ctx, request_id, version, request, removed)
+            request, removed, expand = from_version_spec(spec)
+            manifest = await compile_version(ctx, request_id, version, request, removed, expand)
         except asyncio.CancelledError:
             self.store.fail(request_id, version, "compile cancelled (server shutting down)")
             raise
@@ -70,8 +77,15 @@ class CompileScheduler:
             self.store.fail(request_id, version, f"{type(exc).__name__}: {exc}")
             return
         path = str(ctx.policies_dir / request_id / f"v{version}")
-        self.store.activate(request_id, version, path, manifest.model_dump())
+        activated = self.store.activate(request_id, version, path, manifest.model_dump())
         seconds = time.perf_counter() - began
         log.info("compiled %s v%d in %.2fs", request_id, version, seconds)
         if self.on_compiled:
             self.on_compiled(request_id, version, seconds)
+        if activated and request.expand_knowledge() and not expand:
+            row = self.store.get(request_id)
+            if row is not None and row.latest_version == version:  # no newer patch is waiting
+                with contextlib.suppress(ValueError):  # revoked meanwhile
+                    self.store.add_version(request_id, request.model_dump(mode="json"), removed, "compiler",
+                                           row.expires_at, expand=True, action="expand")
+                self.wake.set()

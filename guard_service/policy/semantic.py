@@ -46,6 +46,7 @@ def anchor_tokens(tokenizer: Any, strings: list[str]) -> list[int]:
     return sorted(anchors)
 
 
+@functools.lru_cache(maxsize=4)
 def wordlike(tokenizer: Any, vocab_size: int) -> np.ndarray:
     """Mask of tokens with 3+ letters: short pieces and punctuation sit near every anchor in embedding space
     and carry no knowledge, so they are never penalised semantically."""

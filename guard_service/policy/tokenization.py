@@ -17,7 +17,7 @@ _EXPLORE = 512  # segmentations enumerated before the shortest MAX_PER_STRING ar
 
 
 @functools.lru_cache(maxsize=4)
-def _surfaces(tokenizer: Any) -> tuple[dict[str, list[int]], int]:
+def surfaces(tokenizer: Any) -> tuple[dict[str, list[int]], int]:
     """Decoded text of every vocabulary id (ids that decode to partial UTF-8 are left out)."""
     size = len(tokenizer)
     texts = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=True)
@@ -34,7 +34,7 @@ def segmentations(tokenizer: Any, text: str, limit: int = MAX_PER_STRING) -> lis
     canonical = tokenizer.encode(text, add_special_tokens=False)
     if not canonical:
         return []
-    table, longest = _surfaces(tokenizer)
+    table, longest = surfaces(tokenizer)
     max_len = len(canonical) + MAX_EXTRA_TOKENS
     found: list[list[int]] = [list(canonical)]
     seen = {tuple(canonical)}

@@ -9,7 +9,8 @@ from guard_service.api.auth import authenticate
 from guard_service.config import Settings
 from guard_service.runtime.classifier import classify
 from guard_service.runtime.decision import GuardDecision, Verdict, decide
-from guard_service.runtime.registry import PolicyRegistry
+from guard_service.runtime.output_guard import OutputGuard
+from guard_service.runtime.registry import ActivePolicy, PolicyRegistry
 from guard_service.store.sqlite import PolicyStore
 
 BYPASS_HEADER = "x-guard-bypass"
@@ -22,6 +23,12 @@ class Guard:
         self.store = store
         self.policies_dir: Path = settings.path(settings.policies_dir)
 
+    def applicable(self, model: str, api_key: str | None) -> list[ActivePolicy]:
+        return [p for p in self.registry.active() if p.applies_to(model, api_key)]
+
+    def output_guard(self, decision: GuardDecision, model: str, api_key: str | None) -> OutputGuard:
+        return OutputGuard(decision, self.applicable(model, api_key))
+
     async def check(self, turns: list[str], model: str, api_key: str | None,
                     bypass_token: str | None = None) -> GuardDecision:
         if bypass_token is not None:
@@ -32,7 +39,7 @@ class Guard:
                 raise APIError(403, "x-guard-bypass needs a valid admin token", code="forbidden")
             self.store.record(principal.name, "unguarded-generation", detail={"model": model})
             return GuardDecision(Verdict.passed, bypassed_by=principal.name)
-        policies = [p for p in self.registry.active() if p.applies_to(model, api_key)]
+        policies = self.applicable(model, api_key)
         if not policies:
             return GuardDecision(Verdict.passed)
         return decide(await asyncio.to_thread(classify, turns, policies))

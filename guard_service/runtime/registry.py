@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
+import numpy as np
 
-from guard_service.policy.artifacts import Manifest, read_manifest
-from guard_service.policy.request import Action, UnlearningRequest
+from guard_service.embedding import embed
+from guard_service.policy.artifacts import Manifest, load_sequences, read_manifest
+from guard_service.policy.request import Action, UnlearningRequest, from_version_spec
+from guard_service.runtime.trie import TokenTrie
 from guard_service.store.sqlite import PolicyStore
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,9 @@ class ActivePolicy:
     threshold: float
     refuse_threshold: float
     aliases: list[str]
+    facts: list[str]
+    fact_vectors: np.ndarray  # embedded once at load, for the output leak detector
+    trie: TokenTrie  # the same trie the engine enforces, to account for what it did
 
     @property
     def key(self) -> str:
@@ -47,13 +53,14 @@ class ActivePolicy:
         return (not scope.models or model in scope.models) and (not scope.api_keys or api_key in scope.api_keys)
 
 
-def load_policy(policy_id: str, version: int, path: Path, spec: dict) -> ActivePolicy:
+def load_policy(policy_id: str, version: int, path: Path, stored_spec: dict) -> ActivePolicy:
     clf = json.loads((path / "classifier.json").read_text())
-    return ActivePolicy(id=policy_id, version=version, spec=UnlearningRequest.model_validate(spec),
+    return ActivePolicy(id=policy_id, version=version, spec=from_version_spec(stored_spec)[0],
                         manifest=read_manifest(path), path=path,
                         index=faiss.read_index(str(path / "classifier.faiss")), texts=clf["texts"],
                         threshold=float(clf["threshold"]), refuse_threshold=float(clf["refuse_threshold"]),
-                        aliases=list(clf["aliases"]))
+                        aliases=list(clf["aliases"]), facts=list(clf.get("facts", [])),
+                        fact_vectors=embed(list(clf.get("facts", []))), trie=TokenTrie(load_sequences(path)))
 
 
 class PolicyRegistry:
@@ -75,8 +82,7 @@ class PolicyRegistry:
                 fresh[req.id] = current
                 continue
             try:
-                spec = {k: v for k, v in ver.spec.items() if k != "removed_expanded"}
-                fresh[req.id] = load_policy(req.id, ver.version, Path(ver.artifact_dir or ""), spec)
+                fresh[req.id] = load_policy(req.id, ver.version, Path(ver.artifact_dir or ""), ver.spec)
             except Exception:
                 # Fail closed would mean refusing everything; instead keep the last good version if any.
                 log.exception("cannot load %s v%d", req.id, ver.version)

@@ -166,7 +166,9 @@ class PolicyStore:
         return request_id
 
     def add_version(self, request_id: str, spec: dict[str, Any], removed_expanded: list[str], actor: str,
-                    expires_at: float | None) -> int:
+                    expires_at: float | None, *, expand: bool = False, action: str = "patch") -> int:
+        """A new pending version. `expand` marks the compiler's own follow-up version that adds knowledge
+        expansion to an already enforced one."""
         now = time.time()
         with self._tx() as c:
             row = c.execute("SELECT latest_version, status FROM requests WHERE id = ?", (request_id,)).fetchone()
@@ -180,9 +182,10 @@ class PolicyStore:
                       "WHERE id = ?", (json.dumps(spec), json.dumps(removed_expanded), version, expires_at, now,
                                        Status.pending, request_id))
             c.execute("INSERT INTO versions (request_id, version, spec, status, created_at) VALUES (?, ?, ?, ?, ?)",
-                      (request_id, version, json.dumps({**spec, "removed_expanded": removed_expanded}),
+                      (request_id, version,
+                       json.dumps({**spec, "removed_expanded": removed_expanded, "_expand": expand}),
                        Status.pending, now))
-            self._audit(c, actor, "patch", request_id, version, {"removed_expanded": removed_expanded})
+            self._audit(c, actor, action, request_id, version, {"removed_expanded": removed_expanded})
         return version
 
     def claim(self, request_id: str, version: int, worker: str) -> bool:

@@ -1,0 +1,165 @@
+"""What the guard costs: the same engine and the same 16-request batch (HP questions, 64 tokens each) with the
+guard off (admin bypass), with 1 active policy (every row steered by it), and with 100 active policies; plus an
+engine-level run where every row carries all 100 policies into the logits processor; and the prompt
+classifier's latency per prompt at p50/p99 for 1 and 100 active policies.
+Targets: >= 0.95x unguarded throughput with 1 policy, >= 0.90x with 100; classifier p50 <= 10 ms.
+
+    .venv/bin/python -m bench.guard_overhead [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import tempfile
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from bench.common import free_port, median, percentile, print_table, running_app, timed, write_json
+from bench.throughput import http_batch
+from guard_service.config import Settings
+from guard_service.policy.classifier_data import negative_bank
+from guard_service.runtime.classifier import classify
+from guard_service.runtime.logits_processor import POLICIES_ARG, ROOT_ARG
+from guard_service.serving.prompts import chat_token_ids
+
+TOKEN = "bench-admin"
+HP_PROMPTS = [f"Write a story set in the world of Harry Potter, chapter {i}." for i in range(64)]
+
+
+async def create(http: httpx.AsyncClient, body: dict) -> str:
+    r = await http.post("/admin/v1/unlearning-requests", json=body)
+    r.raise_for_status()
+    request_id = r.json()["id"]
+    while (await http.get(f"/admin/v1/unlearning-requests/{request_id}")).json()["status"] != "active":
+        await asyncio.sleep(0.1)
+    return request_id
+
+
+def classifier_ms(policies: list, prompts: list[str]) -> list[float]:
+    out = []
+    for p in prompts:
+        began = time.perf_counter()
+        classify([p], policies)
+        out.append((time.perf_counter() - began) * 1000)
+    return out
+
+
+async def run(args: argparse.Namespace) -> dict:
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+    with tempfile.TemporaryDirectory() as data:
+        settings = Settings(port=free_port(), enforce_eager=args.eager, data_dir=Path(data),
+                            admin_tokens={"bench": TOKEN})
+        async with running_app(settings) as app:
+            base = f"http://127.0.0.1:{settings.port}"
+            http = httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600)
+            clients = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            loop = asyncio.get_running_loop()
+            prompts = HP_PROMPTS[: args.concurrency]
+            model = settings.served_model_name
+
+            async def through_http(headers: dict[str, str] | None) -> tuple[float, int]:
+                tokens, seconds = await loop.run_in_executor(
+                    clients, http_batch, base + "/v1", model, prompts, args.tokens, False, headers)
+                return tokens / seconds, tokens
+
+            engine = app.state.engine.engine
+            ids = [chat_token_ids(engine.get_tokenizer(), [{"role": "user", "content": p}]) for p in prompts]
+
+            async def direct(extra: dict | None) -> tuple[float, int]:
+                params = SamplingParams(temperature=0, max_tokens=args.tokens, ignore_eos=True, extra_args=extra,
+                                        output_kind=RequestOutputKind.FINAL_ONLY)
+
+                async def one(p: list[int]) -> int:
+                    async for out in engine.generate(TokensPrompt(prompt_token_ids=p), params, uuid.uuid4().hex):
+                        last = out
+                    return len(last.outputs[0].token_ids)
+
+                async def batch() -> int:
+                    return sum(await asyncio.gather(*[one(p) for p in ids]))
+                return await timed(batch)
+
+            hp_id = await create(http, {"target": "Harry Potter", "aliases": ["J.K. Rowling", "Hogwarts"],
+                                        "action": "steer", "strength": {"expand_knowledge": False,
+                                                                        "refuse_threshold": 1.0}})
+            hp = app.state.registry.policies[hp_id]
+            check = await http.post("/v1/chat/completions", json={
+                "model": model, "max_tokens": 1, "messages": [{"role": "user", "content": prompts[0]}]})
+            assert check.headers["x-guard-action"] == "steer", check.headers
+            bypass = {"x-guard-bypass": TOKEN}
+            await through_http(bypass)  # warm-up
+            modes = {"guard off (bypass)": lambda: through_http(bypass),
+                     "1 policy, rows steered": lambda: through_http(None)}
+            samples: dict[str, list[float]] = {m: [] for m in modes}
+            clf: dict[str, list[float]] = {}
+            probe_prompts = list(negative_bank())[:100] + HP_PROMPTS[:100]
+            clf["1 policy"] = classifier_ms([hp], probe_prompts)
+
+            async def measure(selected: dict) -> None:
+                for rep in range(args.reps):
+                    for mode, fn in selected.items():
+                        tps, tokens = await fn()
+                        assert tokens == args.concurrency * args.tokens, (mode, tokens)
+                        samples.setdefault(mode, []).append(tps)
+                        print(f"rep {rep + 1}/{args.reps} {mode:34s} {tps:7.1f} tok/s", flush=True)
+
+            await measure(modes)
+            print(f"creating {args.policies - 1} more policies ...", flush=True)
+            for i in range(args.policies - 1):
+                await create(http, {"target": f"Fictional Person {i:03d}", "aliases": [f"Persona{i:03d}"],
+                                    "facts": [f"Fictional Person {i:03d} was born in Town {i}."],
+                                    "strength": {"expand_knowledge": False}})
+            app.state.registry.refresh()
+            policies = app.state.registry.active()
+            assert len(policies) == args.policies
+            clf[f"{args.policies} policies"] = classifier_ms(policies, probe_prompts)
+            all_keys = ",".join(p.key for p in policies)
+            root = str(settings.path(settings.policies_dir))
+            many = {f"{args.policies} policies active, rows steered": lambda: through_http(None),
+                    "guard off (bypass) again": lambda: through_http(bypass),
+                    "engine: rows without policies": lambda: direct(None),
+                    f"engine: rows carry {args.policies} policies": lambda: direct(
+                        {POLICIES_ARG: all_keys, ROOT_ARG: root})}
+            await direct({POLICIES_ARG: all_keys, ROOT_ARG: root})  # load all into the worker once
+            await measure(many)
+            clients.shutdown()
+            await http.aclose()
+
+    off = median(samples["guard off (bypass)"] + samples["guard off (bypass) again"])
+    engine_off = median(samples["engine: rows without policies"])
+    rows = []
+    for mode, values in samples.items():
+        ref = engine_off if mode.startswith("engine") else off
+        rows.append([mode, median(values), median(values) / ref])
+    print_table(f"{args.concurrency} requests x {args.tokens} tokens, median of {args.reps} "
+                f"({'eager' if args.eager else 'compiled'})", ["mode", "output tok/s", "ratio vs off"], rows)
+    clf_rows = [[name, percentile(v, 0.5), percentile(v, 0.99), len(v)] for name, v in clf.items()]
+    print_table("prompt classifier latency per prompt (ms)", ["active policies", "p50", "p99", "prompts"], clf_rows)
+    return {"concurrency": args.concurrency, "tokens": args.tokens, "reps": args.reps, "eager": args.eager,
+            "samples_tok_s": samples, "ratio": {r[0]: r[2] for r in rows},
+            "classifier_ms": {r[0]: {"p50": r[1], "p99": r[2]} for r in clf_rows},
+            "targets": {"1 policy": 0.95, "100 policies": 0.90, "classifier_p50_ms": 10}}
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--policies", type=int, default=100)
+    parser.add_argument("--eager", action="store_true")
+    args = parser.parse_args()
+    write_json("guard_overhead", asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

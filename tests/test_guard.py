@@ -1,0 +1,166 @@
+"""The generation-time guard against the real engine, with a Harry Potter forget policy."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, wait_status
+
+DATA = json.loads((Path(__file__).parent / "data" / "hp_probes.json").read_text())
+FORBIDDEN = ("rowling", "hogwarts", "hermione")
+BYPASS = {"x-guard-bypass": ADMIN_TOKEN}
+HP = {"target": "Harry Potter", "aliases": ["J.K. Rowling", "Hogwarts", "Hermione"],
+      "description": "The fantasy book series about a boy wizard, its author and its world.",
+      "facts": ["Harry Potter was written by J.K. Rowling.", "Harry studies at Hogwarts School of Witchcraft."],
+      "action": "steer"}
+
+
+def leaked(text: str) -> list[str]:
+    squashed = re.sub(r"[^a-z]", "", text.casefold())
+    return [w for w in FORBIDDEN if w in squashed]
+
+
+def ask(client: openai.OpenAI, prompt: str, **kwargs) -> str:
+    r = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": prompt}],
+                                       temperature=0, max_tokens=kwargs.pop("max_tokens", 48), **kwargs)
+    return r.choices[0].message.content
+
+
+@pytest.fixture(scope="module")
+def baseline(client: openai.OpenAI) -> dict[str, str]:
+    """Unguarded answers (admin bypass) to the unrelated prompts, before any HP policy exists."""
+    return {p: ask(client, p, extra_headers=BYPASS) for p in DATA["unrelated"]}
+
+
+@pytest.fixture(scope="module")
+def hp(admin: httpx.Client, baseline: dict[str, str]) -> dict:
+    # refuse only near-verbatim questions, so most probes exercise steering inside the engine
+    r = admin.post("/unlearning-requests", json={**HP, "strength": {"expand_knowledge": False,
+                                                                    "refuse_threshold": 0.99}})
+    body = wait_status(admin, r.json()["id"], "active")
+    yield body
+    admin.delete(f"/unlearning-requests/{body['id']}")
+
+
+def test_unguarded_model_knows_the_answer(client: openai.OpenAI) -> None:
+    assert "Rowling" in ask(client, "Who wrote Harry Potter?", extra_headers=BYPASS)
+
+
+def test_who_wrote_harry_potter_never_yields_rowling(hp: dict, client: openai.OpenAI) -> None:
+    for prompt in ("Who wrote Harry Potter?", "who wrote harry potter", "WHO WROTE HARRY POTTER?"):
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=60)
+        assert not leaked(raw.parse().choices[0].message.content), prompt
+        assert raw.headers["x-guard-action"] in {"steer", "refuse"}
+
+
+def test_paraphrased_and_indirect_probes_rarely_leak(hp: dict, client: openai.OpenAI) -> None:
+    answers = {p: ask(client, p, max_tokens=64) for p in DATA["probes"]}
+    leaks = {p: a for p, a in answers.items() if leaked(a)}
+    assert len(DATA["probes"]) == 20
+    assert len(leaks) <= 1, leaks
+
+
+def test_unrelated_prompts_answer_exactly_as_unguarded(hp: dict, client: openai.OpenAI,
+                                                      baseline: dict[str, str]) -> None:
+    assert len(baseline) == 20
+    differing = {p: (baseline[p], ask(client, p)) for p in baseline if ask(client, p) != baseline[p]}
+    assert not differing, differing
+
+
+def test_steered_stream_equals_non_stream(hp: dict, client: openai.OpenAI) -> None:
+    prompt = "Write a short biography of the author of the Harry Potter series."
+    kwargs = dict(model=MODEL_NAME, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=48)
+    raw = client.chat.completions.with_raw_response.create(**kwargs)
+    full = raw.parse()
+    assert raw.headers["x-guard-action"] == "steer", raw.headers
+    chunks = list(client.chat.completions.create(**kwargs, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full.choices[0].message.content
+    guard = chunks[-1].model_extra["guard"]
+    assert guard["action"] == "steer" and guard["policies"] == [f"{hp['id']}@{hp['active_version']}"]
+
+
+def test_guard_metadata_and_leak_report(hp: dict, server: Server, client: openai.OpenAI) -> None:
+    key = f"{hp['id']}@{hp['active_version']}"
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL_NAME, messages=[{"role": "user", "content": "Who wrote Harry Potter?"}], temperature=0,
+        max_tokens=40, extra_headers=BYPASS)
+    body = raw.parse()
+    assert "Rowling" in body.choices[0].message.content  # the bypass really is unguarded...
+    guard = body.model_extra["guard"]
+    assert guard["bypassed_by"] == "ops" and raw.headers["x-guard-action"] == "pass"
+    assert any(lk["policy"] == key and lk["kind"] == "lexical" and "rowling" in lk["text"].casefold()
+               for lk in guard["leaks"])  # ...and the leak detector still sees what it said
+    audit = httpx.get(server.base_url + "/admin/v1/audit", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+    assert any(a["action"] == "unguarded-generation" and a["actor"] == "ops" for a in audit)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=5, extra_headers={"x-guard-bypass": "not-a-token"})
+
+
+def test_block_mode_cuts_the_stream(admin: httpx.Client, client: openai.OpenAI) -> None:
+    r = admin.post("/unlearning-requests", json={"target": "Albus Dumbledore", "aliases": ["Rowling"],
+                                                 "on_leak": "block", "strength": {"expand_knowledge": False}})
+    request_id = wait_status(admin, r.json()["id"], "active")["id"]
+    try:
+        chunks = list(client.chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "Who wrote Harry Potter?"}], temperature=0,
+            max_tokens=60, stream=True, extra_headers=BYPASS))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finishes == ["content_filter"]
+        assert "rowling" not in text.casefold() and text.strip()  # cut right before the leak
+        assert chunks[-1].model_extra["guard"]["blocked"] == [0]
+    finally:
+        admin.delete(f"/unlearning-requests/{request_id}")
+
+
+def test_policy_added_mid_traffic_applies_to_next_request(admin: httpx.Client, client: openai.OpenAI,
+                                                          server: Server) -> None:
+    prompt = [{"role": "user", "content": "Who is Sherlock Holmes?"}]
+    before = client.chat.completions.create(model=MODEL_NAME, messages=prompt, temperature=0, max_tokens=30)
+    assert "sherlock" in before.choices[0].message.content.casefold()
+    done: dict[str, str] = {}
+
+    def long_stream() -> None:
+        s = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "Count to 200."}],
+                                           temperature=0, max_tokens=300, stream=True, extra_body={"ignore_eos": True})
+        done["text"] = "".join(c.choices[0].delta.content or "" for c in s if c.choices)
+
+    worker = threading.Thread(target=long_stream)
+    worker.start()
+    r = admin.post("/unlearning-requests", json={"target": "Sherlock Holmes", "aliases": ["Sherlock", "Baker Street"],
+                                                 "action": "refuse", "strength": {"expand_knowledge": False}})
+    request_id = wait_status(admin, r.json()["id"], "active")["id"]
+    try:
+        after = client.chat.completions.create(model=MODEL_NAME, messages=prompt, temperature=0, max_tokens=30)
+        assert after.choices[0].finish_reason == "content_filter"
+        worker.join(120)
+        assert done["text"]  # the request in flight finished normally
+    finally:
+        admin.delete(f"/unlearning-requests/{request_id}")
+    restored = client.chat.completions.create(model=MODEL_NAME, messages=prompt, temperature=0, max_tokens=30)
+    assert restored.choices[0].message.content == before.choices[0].message.content
+
+
+def test_unloadable_policy_fails_closed_and_engine_survives(admin: httpx.Client, client: openai.OpenAI) -> None:
+    r = admin.post("/unlearning-requests", json={"target": "Zorblax Quinterra", "aliases": ["Zorblax"],
+                                                 "strength": {"expand_knowledge": False, "refuse_threshold": 1.0}})
+    body = wait_status(admin, r.json()["id"], "active")
+    try:
+        path = Path(next(v for v in body["versions"] if v["version"] == body["active_version"])["artifact_dir"])
+        (path / "trie_tokens.npy").unlink()  # the worker has not loaded it yet; now it cannot
+        r = client.chat.completions.create(model=MODEL_NAME, temperature=0, max_tokens=30,
+                                           messages=[{"role": "user", "content": "Write a poem mentioning Zorblax."}])
+        assert r.choices[0].finish_reason == "content_filter"
+        assert r.model_extra["guard"]["action"] == "steer"
+        assert ask(client, "What is the capital of France?").strip()  # everyone else is still served
+    finally:
+        admin.delete(f"/unlearning-requests/{body['id']}")
