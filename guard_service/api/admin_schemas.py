@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from guard_service.policy.request import Status
 
@@ -44,7 +44,7 @@ class RequestDetail(RequestInfo):
     spec: dict[str, Any]
     removed_expanded: list[str]
     versions: list[VersionInfo]
-    forbidden: list[dict[str, str]] | None = None
+    forbidden: list[dict[str, Any]] | None = None
     expansion: dict[str, Any] | None = None
 
 
@@ -57,3 +57,23 @@ class ActivePolicyInfo(BaseModel):
     threshold: float
     refuse_threshold: float
     scope: dict[str, Any]
+
+
+class ProvenanceQuery(BaseModel):
+    text: str = Field(min_length=1, max_length=1_000_000)
+    policy_id: str | None = None
+    min_tokens: int = Field(8, ge=1, le=4096, description="shortest span worth reporting")
+
+
+class ProvenanceSpan(BaseModel):
+    policy: str
+    start_token: int
+    tokens: int
+    text: str
+    occurrences: int
+    locations: list[dict[str, Any]]
+
+
+class ProvenanceLookup(BaseModel):
+    tokens: int
+    spans: list[ProvenanceSpan]

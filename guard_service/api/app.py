@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from guard_service import __version__
-from guard_service.api import routes_admin, routes_health, routes_openai
+from guard_service.api import routes_admin, routes_health, routes_metrics, routes_openai
 from guard_service.api.errors import error_response, install_error_handlers
 from guard_service.config import Settings
 from guard_service.engine import EngineHolder
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_health.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_metrics.router)
 
     @app.get("/", include_in_schema=False)
     async def root() -> JSONResponse:

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from guard_service.api.admin_schemas import Accepted, ActivePolicyInfo, RequestDetail, RequestInfo, VersionInfo
+from guard_service.api.admin_schemas import (
+    Accepted,
+    ActivePolicyInfo,
+    ProvenanceLookup,
+    ProvenanceQuery,
+    ProvenanceSpan,
+    RequestDetail,
+    RequestInfo,
+    VersionInfo,
+)
 from guard_service.api.auth import Reader, Writer
-from guard_service.api.deps import SettingsDep
+from guard_service.api.deps import HolderDep, SettingsDep
 from guard_service.api.errors import APIError
 from guard_service.config import Settings
 from guard_service.policy.request import Status, UnlearningPatch, UnlearningRequest
+from guard_service.runtime.suffix_index import SuffixIndex
 from guard_service.store.sqlite import AuditRow, PolicyStore, RequestRow
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
@@ -120,6 +131,34 @@ async def revoke_request(request_id: str, request: Request, principal: Writer) -
 async def audit(request: Request, _: Reader, request_id: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=10000)] = 500) -> list[AuditRow]:
     return _store(request).audit(request_id, limit)
+
+
+@functools.lru_cache(maxsize=64)
+def _suffix_index(path: Path) -> SuffixIndex:
+    return SuffixIndex(path)
+
+
+@router.post("/provenance/lookup", response_model=ProvenanceLookup)
+async def provenance_lookup(body: ProvenanceQuery, request: Request, holder: HolderDep,
+                            _: Reader) -> ProvenanceLookup:
+    """Where does this text come from? Its longest verbatim spans in each protected corpus."""
+    tokenizer = holder.require().get_tokenizer()
+    ids = tokenizer.encode(body.text, add_special_tokens=False)
+    policies = [p for p in request.app.state.registry.active()
+                if p.manifest.provenance and (body.policy_id is None or p.id == body.policy_id)]
+    if body.policy_id is not None and not policies:
+        raise APIError(404, f"no active policy {body.policy_id!r} with protected documents", param="policy_id",
+                       code="not_found")
+    spans = []
+    for policy in policies:
+        index = _suffix_index(policy.path / "provenance")
+        for start, length, interval in index.longest_spans(ids, body.min_tokens):
+            spans.append(ProvenanceSpan(
+                policy=policy.key, start_token=start, tokens=length, text=tokenizer.decode(ids[start:start + length]),
+                occurrences=interval[1] - interval[0],
+                locations=[{"document": o.document, "offset": o.offset} for o in index.locate(interval)]))
+    spans.sort(key=lambda s: -s.tokens)
+    return ProvenanceLookup(tokens=len(ids), spans=spans)
 
 
 @router.get("/policies/active", response_model=list[ActivePolicyInfo])

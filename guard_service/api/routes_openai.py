@@ -7,6 +7,7 @@ scan, block, fail-closed) -> SSE chunks or one JSON body, with a `guard` object 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,9 +36,10 @@ from guard_service.api.openai_schemas import (
 )
 from guard_service.api.sse import sse_response
 from guard_service.config import Settings
+from guard_service.metrics import recorder
 from guard_service.runtime.decision import REFUSAL, GuardDecision, Verdict
 from guard_service.runtime.guard import BYPASS_HEADER, Guard
-from guard_service.runtime.output_guard import CONTENT_FILTER, OutputGuard
+from guard_service.runtime.output_guard import CONTENT_FILTER
 from guard_service.serving.generation import ChoiceDelta, collect, generate
 from guard_service.serving.logprobs import chat_logprobs, completion_logprobs
 from guard_service.serving.prompts import check_vocab, encode_prompts, render_chat
@@ -64,30 +66,46 @@ def _usage(prompts: list[list[int]], completion_tokens: int) -> Usage:
 
 
 class _Guarded:
-    """The guard's view of one HTTP request: its decision before generation and its output guard during."""
+    """The guard's view of one HTTP request: its decision before generation, its output guard during, and
+    the metrics it leaves behind."""
 
-    def __init__(self, request: Request, model: str):
+    def __init__(self, request: Request, model: str, endpoint: str):
         self.guard: Guard = request.app.state.guard
-        self.model, self.api_key = model, _api_key(request)
+        self.model, self.api_key, self.endpoint = model, _api_key(request), endpoint
         self.bypass = request.headers.get(BYPASS_HEADER)
+        self.started = time.perf_counter()
+        self.first_text_at: float | None = None
 
     async def check(self, turns: list[str]) -> GuardDecision:
         self.decision = await self.guard.check(turns, self.model, self.api_key, self.bypass)
         self.output = self.guard.output_guard(self.decision, self.model, self.api_key)
+        recorder.decision(self.decision, self.endpoint)
         return self.decision
 
+    def summary(self, output_tokens: int) -> dict:
+        """The guard object of the finished response; records the request's outcome metrics once."""
+        summary = self.output.summary()
+        recorder.outcome(summary, output_tokens)
+        ttft = None if self.first_text_at is None else self.first_text_at - self.started
+        recorder.latency(self.endpoint, self.decision.verdict is not Verdict.passed,
+                         time.perf_counter() - self.started, ttft)
+        return summary
+
     def extra_args(self) -> dict[str, Any] | None:
-        return self.decision.extra_args(self.guard.policies_dir)
+        return self.decision.extra_args(self.guard.policies_dir, [p.key for p in self.output.scanned])
 
     def headers(self) -> dict[str, str]:
         return Guard.headers(self.decision)
 
 
-async def _guarded_deltas(deltas: AsyncIterator[ChoiceDelta], output: OutputGuard,
+async def _guarded_deltas(deltas: AsyncIterator[ChoiceDelta], guarded: _Guarded,
                           n_choices: int) -> AsyncIterator[ChoiceDelta]:
     """Deltas after the output guard; stops generating once every choice is blocked (that aborts the engine
     requests)."""
+    output = guarded.output
     async for d in deltas:
+        if guarded.first_text_at is None and d.token_ids:
+            guarded.first_text_at = time.perf_counter()
         text, finish, over = output.on_delta(d.index, d.text, d.token_ids, d.finish_reason)
         if text or finish or not over:
             blocked = finish == CONTENT_FILTER
@@ -105,7 +123,8 @@ async def _with_guard_trailer(chunks: AsyncIterator[Any], guarded: _Guarded) -> 
             yield last
         last = chunk
     if last is not None:
-        yield last.model_copy(update={"guard": guarded.output.summary()})
+        tokens = sum(c.tokens for c in guarded.output.choices.values())
+        yield last.model_copy(update={"guard": guarded.summary(tokens)})
 
 
 @router.get("/models", response_model=ModelList)
@@ -125,7 +144,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, settin
     prompt = render_chat(engine.get_tokenizer(), body.messages)
     max_tokens = resolve_max_tokens(body.requested_max_tokens(), [len(prompt)],
                                     engine.model_config.max_model_len, "messages")
-    guarded = _Guarded(request, body.model)
+    guarded = _Guarded(request, body.model, "chat")
     decision = await guarded.check([m.text() for m in body.messages if m.role == "user"])
     request_id = new_id("chatcmpl")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -136,7 +155,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, settin
         return JSONResponse(refusal.model_dump(mode="json"), headers=guarded.headers())
 
     params = sampling_params(body, max_tokens, guarded.extra_args())
-    deltas = _guarded_deltas(generate(engine, [prompt], params, request_id), guarded.output, body.n)
+    deltas = _guarded_deltas(generate(engine, [prompt], params, request_id), guarded, body.n)
     k = body.top_logprobs or 0
     if body.stream:
         return sse_response(_with_guard_trailer(_chat_chunks(deltas, request_id, body, [prompt], include_usage, k),
@@ -149,7 +168,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, settin
                             logprobs=chat_logprobs(c.token_ids, c.logprobs, k) if c.logprobs is not None else None)
                  for c in choices],
         usage=_usage([prompt], sum(len(c.token_ids) for c in choices)),
-        guard=guarded.output.summary())
+        guard=guarded.summary(sum(len(c.token_ids) for c in choices)))
     return JSONResponse(response.model_dump(mode="json"), headers=guarded.headers())
 
 
@@ -159,7 +178,7 @@ def _chat_refusal(request_id: str, body: ChatCompletionRequest, prompts: list[li
         id=request_id, created=now(), model=body.model,
         choices=[ChatChoice(index=i, message=AssistantMessage(content=REFUSAL), finish_reason=CONTENT_FILTER)
                  for i in range(body.n)],
-        usage=_usage(prompts, 0), guard=guarded.decision.summary())
+        usage=_usage(prompts, 0), guard=guarded.summary(0))
 
 
 async def _chat_refusal_chunks(refusal: ChatCompletion, include_usage: bool) -> AsyncIterator[ChatCompletionChunk]:
@@ -205,7 +224,7 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
     check_vocab(prompts, engine.model_config.get_vocab_size())
     max_tokens = resolve_max_tokens(body.requested_max_tokens(), [len(p) for p in prompts],
                                     engine.model_config.max_model_len, "prompt")
-    guarded = _Guarded(request, body.model)
+    guarded = _Guarded(request, body.model, "completions")
     decision = await guarded.check([tokenizer.decode(p) for p in prompts])
     request_id = new_id("cmpl")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -213,7 +232,7 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
     if decision.verdict is Verdict.refuse:
         refusal = Completion(id=request_id, created=now(), model=body.model, usage=_usage(prompts, 0),
                              choices=[CompletionChoice(index=i, text=REFUSAL, finish_reason=CONTENT_FILTER)
-                                      for i in range(n_choices)], guard=decision.summary())
+                                      for i in range(n_choices)], guard=guarded.summary(0))
         if body.stream:
             usage_chunk = refusal.model_copy(update={"choices": [], "guard": None})
             return sse_response(_items([refusal.model_copy(update={"usage": None})]
@@ -221,7 +240,7 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
         return JSONResponse(refusal.model_dump(mode="json"), headers=guarded.headers())
 
     params = sampling_params(body, max_tokens, guarded.extra_args())
-    deltas = _guarded_deltas(generate(engine, prompts, params, request_id), guarded.output, n_choices)
+    deltas = _guarded_deltas(generate(engine, prompts, params, request_id), guarded, n_choices)
     k = body.logprobs or 0
     echoed = [tokenizer.decode(p) if body.echo else "" for p in prompts]
     if body.stream:
@@ -236,7 +255,7 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
             logprobs=completion_logprobs(c.token_ids, c.logprobs, k, len(echoed[c.index // body.n]))
             if c.logprobs is not None else None) for c in choices],
         usage=_usage(prompts, sum(len(c.token_ids) for c in choices)),
-        guard=guarded.output.summary())
+        guard=guarded.summary(sum(len(c.token_ids) for c in choices)))
     return JSONResponse(response.model_dump(mode="json"), headers=guarded.headers())
 
 

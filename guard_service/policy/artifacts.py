@@ -5,6 +5,8 @@
         forbidden.json           forbidden strings (operator-given and expanded, each with its origin)
         trie_tokens.npy          int32, all forbidden token sequences concatenated
         trie_offsets.npy         int64, sequence i is trie_tokens[offsets[i]:offsets[i+1]]
+        trie_whole.npy           bool, sequence i spells a whole name (not one word split off a longer one);
+                                 these are banned on every request ("watch" mode), the rest only when steering
         semantic_ids.npy         int64, vocab ids that get a semantic penalty (sparse)
         semantic_weights.npy     float32, penalty in [0, 1] per id (scaled by strength at runtime)
         classifier.faiss         faiss inner-product index over L2-normalised prompt embeddings
@@ -114,10 +116,11 @@ def verify(path: Path) -> list[str]:
     return bad
 
 
-def load_sequences(path: Path) -> list[list[int]]:
+def load_sequences(path: Path, whole_only: bool = False) -> list[list[int]]:
     tokens = np.load(path / "trie_tokens.npy", mmap_mode="r")
     offsets = np.load(path / "trie_offsets.npy")
-    return [tokens[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
+    keep = np.load(path / "trie_whole.npy") if whole_only else np.ones(len(offsets) - 1, dtype=bool)
+    return [tokens[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1) if keep[i]]
 
 
 def load_semantic(path: Path) -> tuple[np.ndarray, np.ndarray]:

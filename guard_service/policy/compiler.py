@@ -88,14 +88,17 @@ def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRe
         items = forbidden.collect(spec.target, spec.aliases, spec.facts, spec.description,
                                   expansion.names, expansion.facts)
         strings = sorted({v for item in items for v in forbidden.variants(item.text)})
-        writer.json("forbidden.json", {"items": [{"text": i.text, "origin": i.origin} for i in items],
+        whole = {v for item in items if not item.split for v in forbidden.variants(item.text)}
+        writer.json("forbidden.json", {"items": [{"text": i.text, "origin": i.origin, "split": i.split} for i in items],
                                        "variants": strings, "expansion": expansion.as_dict()})
         lap("forbidden_strings")
 
         sequences = tokenization.sequences_for(tok, strings)
+        strict = {tuple(seq) for seq in tokenization.sequences_for(tok, sorted(whole))}
         lengths = np.asarray([len(s) for s in sequences], dtype=np.int64)
         writer.array("trie_tokens.npy", np.asarray([t for s in sequences for t in s], dtype=np.int32))
         writer.array("trie_offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        writer.array("trie_whole.npy", np.asarray([tuple(s) in strict for s in sequences], dtype=np.bool_))
         lap("trie")
 
         embeddings = semantic.input_embeddings(str(ctx.model_dir))

@@ -32,6 +32,7 @@ _NUMBER = re.compile(r"\b\d{3,}\b")
 class Forbidden:
     text: str
     origin: str  # target | alias | fact | description | expanded
+    split: bool = False  # one word of a longer name ("Potter"): forbidden when steering, not everywhere
 
 
 def _trim(phrase: str) -> str:
@@ -99,7 +100,7 @@ def collect(target: str, aliases: list[str], facts: list[str], description: str,
     items += [Forbidden(p, "description") for p in salient_phrases(description)]
     items += [Forbidden(n, "expanded") for n in expanded_names]
     items += [Forbidden(p, "expanded") for f in expanded_facts for p in salient_phrases(f)]
-    words = [Forbidden(w, i.origin) for i in items for w in distinctive_words(i.text)]
+    words = [Forbidden(w, i.origin, split=True) for i in items for w in distinctive_words(i.text)]
     seen: dict[str, Forbidden] = {}
     for item in items + words:
         seen.setdefault(item.text.casefold(), item)

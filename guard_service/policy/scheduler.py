@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from guard_service.metrics import definitions as metrics
 from guard_service.policy.compiler import CompileContext, compile_version, warm_caches
 from guard_service.policy.request import from_version_spec
 from guard_service.store.sqlite import PolicyStore
@@ -74,12 +75,15 @@ class CompileScheduler:
             raise
         except Exception as exc:
             log.exception("compile of %s v%d failed", request_id, version)
+            metrics.COMPILE_FAILURES.inc()
             self.store.fail(request_id, version, f"{type(exc).__name__}: {exc}")
             return
         path = str(ctx.policies_dir / request_id / f"v{version}")
         activated = self.store.activate(request_id, version, path, manifest.model_dump())
         seconds = time.perf_counter() - began
         log.info("compiled %s v%d in %.2fs", request_id, version, seconds)
+        for stage, stage_s in manifest.stats["seconds"].items():
+            metrics.COMPILE_SECONDS.labels(stage).observe(stage_s)
         if self.on_compiled:
             self.on_compiled(request_id, version, seconds)
         if activated and request.expand_knowledge() and not expand:

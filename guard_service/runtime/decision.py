@@ -10,7 +10,7 @@ from typing import Any
 
 from guard_service.policy.request import Action
 from guard_service.runtime.classifier import Classification, Match
-from guard_service.runtime.logits_processor import POLICIES_ARG, ROOT_ARG
+from guard_service.runtime.logits_processor import POLICIES_ARG, ROOT_ARG, WATCH_ARG
 
 REFUSAL = "I'm sorry, but I can't help with that. That information has been removed from what I can discuss."
 
@@ -33,10 +33,16 @@ class GuardDecision:
     def keys(self) -> list[str]:
         return [m.policy.key for m in self.matches]
 
-    def extra_args(self, policies_dir: Path) -> dict[str, Any] | None:
-        if self.verdict is not Verdict.steer:
-            return None
-        return {POLICIES_ARG: ",".join(self.keys), ROOT_ARG: str(policies_dir)}
+    def extra_args(self, policies_dir: Path, applicable: list[str]) -> dict[str, Any] | None:
+        """What the engine's logits processor needs: the steering policies, and every other applicable policy
+        in watch mode (verbatim protections only), unless an admin bypassed the guard."""
+        args: dict[str, Any] = {}
+        if self.verdict is Verdict.steer:
+            args[POLICIES_ARG] = ",".join(self.keys)
+        watching = [k for k in applicable if k not in self.keys]
+        if watching and self.bypassed_by is None:
+            args[WATCH_ARG] = ",".join(watching)
+        return {**args, ROOT_ARG: str(policies_dir)} if args else None
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         return {"action": self.verdict.value, "policies": self.keys,

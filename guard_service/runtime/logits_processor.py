@@ -1,12 +1,16 @@
 """The guard inside vLLM: a V1 batch-level logits processor living in the engine's worker process.
 
 Per-request data arrives in `SamplingParams.extra_args`:
-    guard_policies: "pol_a@3,pol_b@1"   the policy versions the prompt classifier matched
+    guard_policies: "pol_a@3,pol_b@1"   the policy versions the prompt classifier matched (steer)
+    guard_watch:    "pol_c@2"           every other applicable policy, in watch mode: only its verbatim
+                                        protections hold (whole forbidden names are banned, protected
+                                        documents vetoed), which leaves text that touches neither bit-identical
     guard_root:     "/srv/policies"     artifact location (shared by every replica)
 Rows without `guard_policies` are never touched. For guarded rows, each step:
     1. consume the tokens generated since the last step (cursor over vLLM's live output list),
     2. subtract the combined semantic + first-token penalty (one `index_add_` per policy combination),
-    3. set -inf on every token that would complete a forbidden sequence.
+    3. set -inf on every token that would complete a forbidden sequence, or extend a verbatim span of a
+       protected document to L tokens (provenance veto); softly penalise continuations from L/2.
 Nothing may raise out of `update_state`/`apply` (that kills the engine for everyone): a row whose policy
 cannot be loaded fails closed, i.e. it is forced to end at once, and the API turns that into a refusal.
 """
@@ -22,21 +26,27 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
+from guard_service.metrics import definitions as metrics
 from guard_service.policy.artifacts import MANIFEST, version_dir
 from guard_service.runtime.policy_cache import LoadedPolicy, PolicyCache, parse_keys
+from guard_service.runtime.provenance_veto import ProvenanceMatcher
 from guard_service.runtime.trie import TrieMatcher
 
 log = logging.getLogger(__name__)
 
 POLICIES_ARG = "guard_policies"
+WATCH_ARG = "guard_watch"
 ROOT_ARG = "guard_root"
 FQCN = "guard_service.runtime.logits_processor:GuardLogitsProcessor"
 
 
-def guard_args(params: Any) -> tuple[str, str] | None:
+def guard_args(params: Any) -> tuple[list[tuple[str, int]], list[tuple[str, int]], str] | None:
+    """(steering policies, watching policies, artifact root), or None for an unguarded row."""
     extra = getattr(params, "extra_args", None) or {}
-    spec = extra.get(POLICIES_ARG)
-    return (str(spec), str(extra.get(ROOT_ARG, ""))) if spec else None
+    steer, watch = extra.get(POLICIES_ARG), extra.get(WATCH_ARG)
+    if not steer and not watch:
+        return None
+    return parse_keys(str(steer or "")), parse_keys(str(watch or "")), str(extra.get(ROOT_ARG, ""))
 
 
 @dataclass
@@ -44,6 +54,8 @@ class RowState:
     policies: tuple[LoadedPolicy, ...]
     output_ids: list[int]  # vLLM's live list: it grows every step
     matchers: list[TrieMatcher] = field(default_factory=list)
+    watchers: list[tuple[LoadedPolicy, TrieMatcher]] = field(default_factory=list)
+    provenance: list[tuple[LoadedPolicy, ProvenanceMatcher, bool]] = field(default_factory=list)  # bool: steering
     cursor: int = 0
     failed: bool = False
 
@@ -55,14 +67,34 @@ class RowState:
                 break
             for m in self.matchers:
                 m.feed(tok)
+            for _, wm in self.watchers:
+                wm.feed(tok)
+            for _, pm, _ in self.provenance:
+                pm.feed(tok)
             self.cursor += 1
 
-    def banned(self) -> set[int]:
+    def banned(self) -> tuple[set[int], list[tuple[int, float]]]:
+        """(hard bans, soft penalties as (token, amount)); counts each policy's interventions."""
         out: set[int] = set()
+        soft: list[tuple[int, float]] = []
         for p, m in zip(self.policies, self.matchers, strict=True):
+            if p.ban and (b := m.banned()):
+                out |= b
+                p.counters.token_bans.inc()
+        for p, wm in self.watchers:
             if p.ban:
-                out |= m.banned()
-        return out
+                if b := wm.banned():
+                    out |= b
+                    p.counters.token_bans.inc()
+                out.update(wm.trie.always_banned)  # single-token names (steered rows have them in the penalty)
+        for p, pm, steering in self.provenance:
+            tokens, hard = pm.continuations()
+            if hard and tokens:
+                out.update(tokens)
+                p.counters.vetoes.inc()
+            elif steering:  # watch mode only vetoes: a soft nudge would change unrelated text sharing a phrase
+                soft += [(t, p.soft_penalty) for t in tokens]
+        return out, soft
 
 
 class GuardLogitsProcessor(LogitsProcessor):
@@ -72,8 +104,8 @@ class GuardLogitsProcessor(LogitsProcessor):
         args = guard_args(sampling_params)
         if args is None:
             return
-        spec, root = args
-        for policy_id, version in parse_keys(spec):
+        steer, _watch, root = args
+        for policy_id, version in steer:  # watch-mode policies are best effort (see _new_state)
             if not (version_dir(Path(root), policy_id, version) / MANIFEST).is_file():
                 raise ValueError(f"unknown guard policy {policy_id}@{version}")
 
@@ -98,15 +130,31 @@ class GuardLogitsProcessor(LogitsProcessor):
         args = guard_args(params)
         if args is None:
             return None
-        spec, root = args
+        steer, watch, root = args
         self.stats["rows_guarded"] += 1
         try:
-            policies = tuple(self.cache.get(Path(root), pid, ver) for pid, ver in parse_keys(spec))
+            policies = tuple(self.cache.get(Path(root), pid, ver) for pid, ver in steer)
         except Exception:
-            log.exception("guard: cannot load %s; failing this request closed", spec)
+            log.exception("guard: cannot load %s; failing this request closed", steer)
             self.stats["rows_failed_closed"] += 1
+            metrics.FAILED_CLOSED.inc()
             return RowState(policies=(), output_ids=output_ids, failed=True)
-        return RowState(policies=policies, output_ids=output_ids, matchers=[TrieMatcher(p.trie) for p in policies])
+        watching = []
+        for pid, ver in watch:
+            if (pid, ver) in steer:
+                continue
+            try:
+                watching.append(self.cache.get(Path(root), pid, ver))
+            except Exception:
+                # The classifier did not match this request to the policy: one broken policy must not take
+                # all traffic down with it. Counted and logged, and the policy's matching requests still fail
+                # closed.
+                log.exception("guard: cannot load %s@%d for watch mode; skipped for this request", pid, ver)
+                metrics.LOAD_FAILURES.inc()
+        return RowState(policies=policies, output_ids=output_ids, matchers=[TrieMatcher(p.trie) for p in policies],
+                        watchers=[(p, TrieMatcher(p.watch_trie)) for p in watching],
+                        provenance=[(p, ProvenanceMatcher(p.provenance, p.min_span), p in policies)
+                                    for p in (*policies, *watching) if p.provenance is not None])
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         try:
@@ -132,20 +180,34 @@ class GuardLogitsProcessor(LogitsProcessor):
         groups: dict[tuple[str, ...], tuple[tuple[LoadedPolicy, ...], list[int]]] = {}
         ban_rows: list[int] = []
         ban_cols: list[int] = []
+        soft_rows: list[int] = []
+        soft_cols: list[int] = []
+        soft_vals: list[float] = []
         for row, st in self.rows.items():
             if st.failed:
                 self._force_end(logits, row)
                 continue
             st.advance()
-            combo = tuple(p.key for p in st.policies)
-            groups.setdefault(combo, (st.policies, []))[1].append(row)
-            banned = st.banned()
+            if st.policies:
+                combo = tuple(p.key for p in st.policies)
+                groups.setdefault(combo, (st.policies, []))[1].append(row)
+            banned, soft = st.banned()
             ban_rows += [row] * len(banned)
             ban_cols += banned
+            for tok, amount in soft:
+                soft_rows.append(row)
+                soft_cols.append(tok)
+                soft_vals.append(-amount)
         for policies, rows in groups.values():
+            for p in policies:
+                p.counters.semantic.inc(len(rows))
             vec = self.cache.combined_penalty(policies)[: logits.shape[1]]
             index = torch.tensor(rows, device=logits.device)
             logits.index_add_(0, index, vec.to(logits.dtype).expand(len(rows), -1), alpha=-1)
+        if soft_rows:
+            dev = logits.device
+            logits.index_put_((torch.tensor(soft_rows, device=dev), torch.tensor(soft_cols, device=dev)),
+                              torch.tensor(soft_vals, device=dev, dtype=logits.dtype), accumulate=True)
         if ban_rows:
             self.stats["tokens_banned"] += len(ban_rows)
             logits.index_put_((torch.tensor(ban_rows, device=logits.device),

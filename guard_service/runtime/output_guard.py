@@ -20,6 +20,7 @@ class _Choice:
     tokens: int = 0
     banned_steps: int = 0
     blocked: bool = False
+    failed_closed: bool = False
 
 
 @dataclass
@@ -52,7 +53,7 @@ class OutputGuard:
             c.blocked = True
             return text[: max(0, block.start - before)], CONTENT_FILTER, True
         if finish_reason and self.failed_closed(c, finish_reason):
-            c.blocked = True
+            c.blocked = c.failed_closed = True
             return REFUSAL, CONTENT_FILTER, True
         return text, finish_reason, finish_reason is not None
 
@@ -71,4 +72,5 @@ class OutputGuard:
             leaks += [{**lk, "choice": index} for lk in c.scanner.summary()]
         return self.decision.summary(
             leaks=leaks, tokens_banned_steps=sum(c.banned_steps for c in self.choices.values()),
-            blocked=[i for i, c in sorted(self.choices.items()) if c.blocked])
+            blocked=[i for i, c in sorted(self.choices.items()) if c.blocked and not c.failed_closed],
+            failed_closed=sum(c.failed_closed for c in self.choices.values()))

@@ -7,14 +7,18 @@ the older ones (rows already using them keep their own reference until they fini
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from guard_service.metrics import definitions as metrics
 from guard_service.policy.artifacts import load_semantic, load_sequences, read_manifest, version_dir
+from guard_service.runtime.suffix_index import SuffixIndex
 from guard_service.runtime.trie import TokenTrie
 
 log = logging.getLogger(__name__)
@@ -32,11 +36,31 @@ def parse_keys(spec: str) -> list[tuple[str, int]]:
 
 
 @dataclass(frozen=True)
+class Counters:
+    """This policy's metric children, resolved once (a labels() lookup per decoding step would cost more)."""
+
+    token_bans: Any
+    semantic: Any
+    vetoes: Any
+
+    @classmethod
+    def for_policy(cls, policy_id: str) -> Counters:
+        return cls(metrics.TOKENS_PENALIZED.labels(policy_id, "token"),
+                   metrics.TOKENS_PENALIZED.labels(policy_id, "semantic"),
+                   metrics.PROVENANCE_VETOES.labels(policy_id))
+
+
+@dataclass(frozen=True, eq=False)  # identity equality: fields hold tensors and tries
 class LoadedPolicy:
     key: str
     trie: TokenTrie
+    watch_trie: TokenTrie  # whole names only: banned on every request, whatever the classifier said
     penalty: torch.Tensor  # [vocab] on the engine device; +inf where a token is always banned
     ban: bool
+    counters: Counters
+    provenance: SuffixIndex | None = None
+    min_span: int = 8
+    soft_penalty: float = 4.0
 
 
 def load(root: Path, policy_id: str, version: int, vocab_size: int, device: torch.device) -> LoadedPolicy:
@@ -55,8 +79,12 @@ def load(root: Path, policy_id: str, version: int, vocab_size: int, device: torc
     if ban:
         always = [t for t in trie.always_banned if t < vocab_size]
         penalty[always] = np.inf
-    return LoadedPolicy(key=f"{policy_id}@{version}", trie=trie, penalty=torch.from_numpy(penalty).to(device),
-                        ban=ban)
+    provenance = SuffixIndex(path / "provenance") if manifest.provenance else None
+    return LoadedPolicy(key=f"{policy_id}@{version}", trie=trie, watch_trie=TokenTrie(load_sequences(path, True)),
+                        penalty=torch.from_numpy(penalty).to(device),
+                        ban=ban, counters=Counters.for_policy(policy_id), provenance=provenance,
+                        min_span=int(strength["provenance_min_span"]),
+                        soft_penalty=float(strength["semantic_penalty"]))
 
 
 class PolicyCache:
@@ -71,7 +99,9 @@ class PolicyCache:
         if hit is not None:
             self._items.move_to_end(key)
             return hit
+        began = time.perf_counter()
         policy = load(root, policy_id, version, self.vocab_size, self.device)
+        metrics.LOAD_SECONDS.observe(time.perf_counter() - began)
         stale = [k for k in self._items if k.rpartition("@")[0] == policy_id]
         for k in stale:
             self._evict(k)

@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 
 from guard_service.embedding import embed
+from guard_service.metrics import definitions as metrics
 from guard_service.policy.artifacts import Manifest, load_sequences, read_manifest
 from guard_service.policy.request import Action, UnlearningRequest, from_version_spec
 from guard_service.runtime.trie import TokenTrie
@@ -24,7 +25,7 @@ from guard_service.store.sqlite import PolicyStore
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: fields hold arrays and indexes
 class ActivePolicy:
     id: str
     version: int
@@ -90,6 +91,7 @@ class PolicyRegistry:
                     fresh[req.id] = current
         self.policies = fresh
         self.generation = generation
+        metrics.ACTIVE_POLICIES.set(len(fresh))
         self.changed.set()
         return True
 

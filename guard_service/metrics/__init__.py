@@ -1,0 +1,1 @@
+"""Prometheus metrics shared by the API process and the engine worker (multiprocess mode)."""

@@ -1,0 +1,39 @@
+"""Every guard metric, defined once. Names follow Prometheus conventions (`_total` counters, base units).
+
+Gauges are `livesum`/`liveall` in multiprocess mode so a dead process's value disappears with it.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+MS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+REQUESTS = Counter("guard_requests_total", "Generation requests by guard decision", ["decision", "endpoint"])
+CLASSIFIER_SCORE = Histogram("guard_classifier_score", "Best classifier similarity per request and policy",
+                             ["policy"], buckets=SCORE_BUCKETS)
+CLASSIFIER_SECONDS = Histogram("guard_classifier_duration_seconds", "Prompt classifier time per request",
+                               buckets=MS_BUCKETS)
+POLICY_MATCHES = Counter("guard_policy_matches_total", "Requests a policy matched", ["policy", "target"])
+REFUSALS = Counter("guard_refusals_total", "Refused choices by reason", ["reason"])
+LEAKS = Counter("guard_leaks_total", "Forgotten content found in generated text", ["policy", "kind"])
+ACTIVE_POLICIES = Gauge("guard_active_policies", "Policies this process enforces", multiprocess_mode="liveall")
+COMPILE_SECONDS = Histogram("guard_compile_duration_seconds", "Policy compile time", ["stage"],
+                            buckets=LATENCY_BUCKETS)
+COMPILE_FAILURES = Counter("guard_compile_failures_total", "Policy compiles that failed")
+LOAD_SECONDS = Histogram("guard_policy_load_duration_seconds", "Loading a policy version in the engine worker",
+                         buckets=MS_BUCKETS + (0.5, 1, 2.5))
+REQUEST_SECONDS = Histogram("guard_request_duration_seconds", "End-to-end request latency",
+                            ["endpoint", "guarded"], buckets=LATENCY_BUCKETS)
+TTFT_SECONDS = Histogram("guard_time_to_first_token_seconds", "Time to the first generated text",
+                         ["endpoint", "guarded"], buckets=LATENCY_BUCKETS)
+OUTPUT_TOKENS = Counter("guard_output_tokens_total", "Generated tokens", ["decision"])
+TOKENS_PENALIZED = Counter("guard_tokens_penalized_total",
+                           "Decoding steps on which a policy changed logits, by kind (token ban, semantic penalty)",
+                           ["policy", "kind"])
+PROVENANCE_VETOES = Counter("guard_provenance_vetoes_total", "Steps where a verbatim protected span was vetoed",
+                            ["policy"])
+LOAD_FAILURES = Counter("guard_policy_load_failures_total", "Policy versions the engine worker could not load")
+FAILED_CLOSED = Counter("guard_rows_failed_closed_total", "Guarded rows ended because a policy could not load")
