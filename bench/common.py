@@ -5,6 +5,7 @@ Benchmarks compare ratios inside one run on one engine: this machine is too nois
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -22,6 +23,15 @@ import uvicorn
 from guard_service.config import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def batch_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The knobs every throughput benchmark shares: one batch of concurrent requests, repeated."""
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--eager", action="store_true", help="enforce_eager (faster start, ~7%% slower decode)")
+    return parser
 
 
 def free_port() -> int:

