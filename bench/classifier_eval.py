@@ -16,6 +16,7 @@ import asyncio
 import collections
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -44,13 +45,19 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+_NAMED = re.compile(r"(?:full name is|is named|name is) ([A-Z][\w.'-]+(?: [A-Z][\w.'-]+)+)")
+
+
 def tofu_authors(rows: list[dict]) -> list[tuple[str, list[dict]]]:
-    """forget10 is 20 authors x 20 QA in order; an author's name is the most frequent multi-word name."""
+    """forget10 is 20 authors x 20 QA in order; the name is what "full name is X" says, else the most frequent
+    multi-word name in the questions."""
     out = []
     for i in range(0, len(rows), 20):
         chunk = rows[i:i + 20]
-        counts = collections.Counter(p for r in chunk for p in salient_phrases(r["answer"]) if len(p.split()) >= 2)
-        out.append((counts.most_common(1)[0][0], chunk))
+        named = [m.group(1).rstrip(".") for r in chunk if (m := _NAMED.search(r["answer"]))]
+        counts = collections.Counter(p.removesuffix("'s") for r in chunk for p in salient_phrases(r["question"])
+                                     if len(p.split()) >= 2)
+        out.append((named[0] if named else counts.most_common(1)[0][0], chunk))
     return out
 
 

@@ -19,6 +19,7 @@ from guard_service.policy.expansion import AskModel, Expansion, expand
 from guard_service.policy.request import UnlearningRequest
 
 log = logging.getLogger(__name__)
+CONFIDENT = 0.85  # a semantic score this high matches without lexical evidence
 
 
 @dataclass
@@ -93,12 +94,13 @@ def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRe
                                        "variants": strings, "expansion": expansion.as_dict()})
         lap("forbidden_strings")
 
-        sequences = tokenization.sequences_for(tok, strings)
-        strict = {tuple(seq) for seq in tokenization.sequences_for(tok, sorted(whole))}
+        by_string = tokenization.sequences_for(tok, strings)
+        sequences = sorted(set().union(*by_string.values()))
+        strict = set().union(*(by_string[s] for s in whole))
         lengths = np.asarray([len(s) for s in sequences], dtype=np.int64)
         writer.array("trie_tokens.npy", np.asarray([t for s in sequences for t in s], dtype=np.int32))
         writer.array("trie_offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-        writer.array("trie_whole.npy", np.asarray([tuple(s) in strict for s in sequences], dtype=np.bool_))
+        writer.array("trie_whole.npy", np.asarray([s in strict for s in sequences], dtype=np.bool_))
         lap("trie")
 
         embeddings = semantic.input_embeddings(str(ctx.model_dir))
@@ -117,9 +119,12 @@ def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRe
                                     spec.strength.steer_threshold)
         faiss.write_index(clf.index, str(writer.path("classifier.faiss")))
         refuse_at = spec.strength.refuse_threshold or min(0.95, clf.threshold + 0.5 * (1 - clf.threshold))
+        evidence = forbidden.evidence_phrases([spec.target, *spec.aliases, *expansion.names],
+                                              [*spec.facts, spec.description, *expansion.facts])
         writer.json("classifier.json", {"texts": clf.texts, "threshold": clf.threshold, "refuse_threshold": refuse_at,
                                         "aliases": [spec.target, *spec.aliases, *expansion.names],
-                                        "facts": [*spec.facts, *expansion.facts]})
+                                        "facts": [*spec.facts, *expansion.facts], "evidence": evidence,
+                                        "confident_threshold": max(refuse_at, CONFIDENT)})
         lap("classifier")
 
         prov = None

@@ -24,7 +24,7 @@ GENERIC_WORDS = {
 _JOINERS = {"of", "the", "and", "de", "van", "von", "der", "da", "du", "la", "le", "y", "&"}
 _WORD = r"[A-Z][\w'’.\-]*"
 _NAME = re.compile(rf"{_WORD}(?:\s+(?:{_WORD}|(?:{'|'.join(sorted(_JOINERS - {'&'}))})\b))*")
-_QUOTED = re.compile(r"[\"“‘']([^\"”’']{3,80})[\"”’']")
+_QUOTED = re.compile(r"[\"“]([^\"”]{3,80})[\"”]")  # double quotes only: apostrophes are possessives
 _NUMBER = re.compile(r"\b\d{3,}\b")
 
 
@@ -105,3 +105,15 @@ def collect(target: str, aliases: list[str], facts: list[str], description: str,
     for item in items + words:
         seen.setdefault(item.text.casefold(), item)
     return list(seen.values())
+
+
+def evidence_phrases(names: list[str], texts: list[str]) -> list[str]:
+    """Lexical evidence that a prompt is about *this* target rather than one like it: its names (and their
+    distinctive words), and from what is known about it only what is specific: multi-word names, titles and
+    numbers. Single capitalised words of facts ("Chile", "Leadership") are shared by too many neighbours.
+    A prompt in the same domain (another author, same question shape) scores high semantically but shares
+    none of these."""
+    phrases = set(names) | {w for n in names for w in distinctive_words(n)}
+    for text in texts:
+        phrases.update(p for p in salient_phrases(text) if len(p.split()) >= 2 or p.isdigit())
+    return sorted({p for p in phrases if len(p) >= 4 and p.casefold() not in GENERIC_WORDS}, key=str.casefold)

@@ -66,10 +66,6 @@ def segmentations(tokenizer: Any, text: str, limit: int = MAX_PER_STRING) -> lis
     return sorted(found, key=len)[:limit]
 
 
-def sequences_for(tokenizer: Any, strings: Iterable[str]) -> list[list[int]]:
-    """All sequences for each string at the start of text and after a space; deduplicated, sorted."""
-    out: set[tuple[int, ...]] = set()
-    for s in strings:
-        for form in (s, " " + s):
-            out.update(tuple(seq) for seq in segmentations(tokenizer, form))
-    return [list(seq) for seq in sorted(out)]
+def sequences_for(tokenizer: Any, strings: Iterable[str]) -> dict[str, set[tuple[int, ...]]]:
+    """Each string's sequences, at the start of text and after a space."""
+    return {s: {tuple(seq) for form in (s, " " + s) for seq in segmentations(tokenizer, form)} for s in strings}

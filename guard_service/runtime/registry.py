@@ -36,7 +36,9 @@ class ActivePolicy:
     texts: list[str]
     threshold: float
     refuse_threshold: float
+    confident_threshold: float  # semantic-only match above this; between threshold and it, evidence is needed
     aliases: list[str]
+    evidence: list[str]
     facts: list[str]
     fact_vectors: np.ndarray  # embedded once at load, for the output leak detector
     trie: TokenTrie  # the same trie the engine enforces, to account for what it did
@@ -60,6 +62,7 @@ def load_policy(policy_id: str, version: int, path: Path, stored_spec: dict) -> 
                         manifest=read_manifest(path), path=path,
                         index=faiss.read_index(str(path / "classifier.faiss")), texts=clf["texts"],
                         threshold=float(clf["threshold"]), refuse_threshold=float(clf["refuse_threshold"]),
+                        confident_threshold=float(clf["confident_threshold"]), evidence=list(clf["evidence"]),
                         aliases=list(clf["aliases"]), facts=list(clf.get("facts", [])),
                         fact_vectors=embed(list(clf.get("facts", []))), trie=TokenTrie(load_sequences(path)))
 
