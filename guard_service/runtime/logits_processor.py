@@ -38,6 +38,7 @@ POLICIES_ARG = "guard_policies"
 WATCH_ARG = "guard_watch"
 ROOT_ARG = "guard_root"
 FQCN = "guard_service.runtime.logits_processor:GuardLogitsProcessor"
+WATCH_BANS = metrics.TOKENS_PENALIZED.labels("watch", "token")  # one combined trie: not per policy
 
 
 def guard_args(params: Any) -> tuple[list[tuple[str, int]], list[tuple[str, int]], str] | None:
@@ -54,7 +55,7 @@ class RowState:
     policies: tuple[LoadedPolicy, ...]
     output_ids: list[int]  # vLLM's live list: it grows every step
     matchers: list[TrieMatcher] = field(default_factory=list)
-    watchers: list[tuple[LoadedPolicy, TrieMatcher]] = field(default_factory=list)
+    watcher: TrieMatcher | None = None  # whole names of every watching policy, one combined trie
     provenance: list[tuple[LoadedPolicy, ProvenanceMatcher, bool]] = field(default_factory=list)  # bool: steering
     cursor: int = 0
     failed: bool = False
@@ -67,8 +68,8 @@ class RowState:
                 break
             for m in self.matchers:
                 m.feed(tok)
-            for _, wm in self.watchers:
-                wm.feed(tok)
+            if self.watcher is not None:
+                self.watcher.feed(tok)
             for _, pm, _ in self.provenance:
                 pm.feed(tok)
             self.cursor += 1
@@ -81,12 +82,11 @@ class RowState:
             if p.ban and (b := m.banned()):
                 out |= b
                 p.counters.token_bans.inc()
-        for p, wm in self.watchers:
-            if p.ban:
-                if b := wm.banned():
-                    out |= b
-                    p.counters.token_bans.inc()
-                out.update(wm.trie.always_banned)  # single-token names (steered rows have them in the penalty)
+        if self.watcher is not None:
+            if b := self.watcher.banned():
+                out |= b
+                WATCH_BANS.inc()
+            out.update(self.watcher.trie.always_banned)  # single-token names (steered rows: in the penalty)
         for p, pm, steering in self.provenance:
             tokens, hard = pm.continuations()
             if hard and tokens:
@@ -152,7 +152,7 @@ class GuardLogitsProcessor(LogitsProcessor):
                 log.exception("guard: cannot load %s@%d for watch mode; skipped for this request", pid, ver)
                 metrics.LOAD_FAILURES.inc()
         return RowState(policies=policies, output_ids=output_ids, matchers=[TrieMatcher(p.trie) for p in policies],
-                        watchers=[(p, TrieMatcher(p.watch_trie)) for p in watching],
+                        watcher=TrieMatcher(self.cache.watch_trie(tuple(watching))) if watching else None,
                         provenance=[(p, ProvenanceMatcher(p.provenance, p.min_span), p in policies)
                                     for p in (*policies, *watching) if p.provenance is not None])
 

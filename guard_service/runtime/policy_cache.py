@@ -54,7 +54,7 @@ class Counters:
 class LoadedPolicy:
     key: str
     trie: TokenTrie
-    watch_trie: TokenTrie  # whole names only: banned on every request, whatever the classifier said
+    watch_sequences: list[list[int]]  # whole names only: banned on every request, whatever the classifier said
     penalty: torch.Tensor  # [vocab] on the engine device; +inf where a token is always banned
     ban: bool
     counters: Counters
@@ -80,7 +80,7 @@ def load(root: Path, policy_id: str, version: int, vocab_size: int, device: torc
         always = [t for t in trie.always_banned if t < vocab_size]
         penalty[always] = np.inf
     provenance = SuffixIndex(path / "provenance") if manifest.provenance else None
-    return LoadedPolicy(key=f"{policy_id}@{version}", trie=trie, watch_trie=TokenTrie(load_sequences(path, True)),
+    return LoadedPolicy(key=f"{policy_id}@{version}", trie=trie, watch_sequences=load_sequences(path, True),
                         penalty=torch.from_numpy(penalty).to(device),
                         ban=ban, counters=Counters.for_policy(policy_id), provenance=provenance,
                         min_span=int(strength["provenance_min_span"]),
@@ -88,10 +88,11 @@ def load(root: Path, policy_id: str, version: int, vocab_size: int, device: torc
 
 
 class PolicyCache:
-    def __init__(self, vocab_size: int, device: torch.device, capacity: int = 64):
+    def __init__(self, vocab_size: int, device: torch.device, capacity: int = 1024):
         self.vocab_size, self.device, self.capacity = vocab_size, device, capacity
         self._items: OrderedDict[str, LoadedPolicy] = OrderedDict()
         self._combined: dict[tuple[str, ...], torch.Tensor] = {}
+        self._watch: dict[tuple[str, ...], TokenTrie] = {}
 
     def get(self, root: Path, policy_id: str, version: int) -> LoadedPolicy:
         key = f"{policy_id}@{version}"
@@ -114,6 +115,17 @@ class PolicyCache:
     def _evict(self, key: str) -> None:
         self._items.pop(key, None)
         self._combined = {combo: t for combo, t in self._combined.items() if key not in combo}
+        self._watch = {combo: t for combo, t in self._watch.items() if key not in combo}
+
+    def watch_trie(self, policies: tuple[LoadedPolicy, ...]) -> TokenTrie:
+        """One trie over the whole names of every watching policy, cached per combination: a row then walks
+        one trie per step however many policies are active, instead of one per policy."""
+        combo = tuple(p.key for p in policies)
+        trie = self._watch.get(combo)
+        if trie is None:
+            trie = TokenTrie(seq for p in policies if p.ban for seq in p.watch_sequences)
+            self._watch[combo] = trie
+        return trie
 
     def combined_penalty(self, policies: tuple[LoadedPolicy, ...]) -> torch.Tensor:
         """Sum of the policies' penalty vectors, cached per policy combination (one add per row group)."""
