@@ -96,7 +96,8 @@ def plot(rows: list[list], path: Path) -> None:
     ax.axvline(0.95, color="tab:green", ls="--", lw=1)
     ax.axvline(0.02, color="tab:red", ls="--", lw=1)
     ax.set_xlim(0, 1)
-    ax.set_title("prompt classifier on real data\nrecall (green, target >= 0.95), false-positive rate (red, target <= 0.02)")
+    ax.set_title("prompt classifier on real data\n"
+                 "recall (green, target >= 0.95), false-positive rate (red, target <= 0.02)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
