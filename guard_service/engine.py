@@ -52,7 +52,6 @@ class EngineHolder:
     engine: AsyncLLM | None = None
     error: BaseException | None = None
     started_at: float = field(default_factory=time.time)
-    _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -70,16 +69,10 @@ class EngineHolder:
         except BaseException as exc:  # surfaced through /health and every request
             log.exception("engine failed to start")
             self.error = exc
-        finally:
-            self._ready.set()
 
     @property
     def ready(self) -> bool:
         return self.engine is not None and not self.engine.errored
-
-    async def wait(self, timeout: float | None = None) -> AsyncLLM:
-        await asyncio.wait_for(self._ready.wait(), timeout)
-        return self.require()
 
     def require(self) -> AsyncLLM:
         from guard_service.api.errors import APIError

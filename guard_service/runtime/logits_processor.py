@@ -115,7 +115,6 @@ class GuardLogitsProcessor(LogitsProcessor):
         self.eos_id = self._eos(vllm_config)
         self.cache = PolicyCache(self.vocab_size, device)
         self.rows: dict[int, RowState] = {}
-        self.stats = {"rows_guarded": 0, "rows_failed_closed": 0, "tokens_banned": 0, "steps": 0}
 
     @staticmethod
     def _eos(vllm_config: Any) -> int:
@@ -131,12 +130,10 @@ class GuardLogitsProcessor(LogitsProcessor):
         if args is None:
             return None
         steer, watch, root = args
-        self.stats["rows_guarded"] += 1
         try:
             policies = tuple(self.cache.get(Path(root), pid, ver) for pid, ver in steer)
         except Exception:
             log.exception("guard: cannot load %s; failing this request closed", steer)
-            self.stats["rows_failed_closed"] += 1
             metrics.FAILED_CLOSED.inc()
             return RowState(policies=(), output_ids=output_ids, failed=True)
         watching = []
@@ -176,7 +173,6 @@ class GuardLogitsProcessor(LogitsProcessor):
         return logits
 
     def _apply(self, logits: torch.Tensor) -> None:
-        self.stats["steps"] += 1
         groups: dict[tuple[str, ...], tuple[tuple[LoadedPolicy, ...], list[int]]] = {}
         ban_rows: list[int] = []
         ban_cols: list[int] = []
@@ -209,7 +205,6 @@ class GuardLogitsProcessor(LogitsProcessor):
             logits.index_put_((torch.tensor(soft_rows, device=dev), torch.tensor(soft_cols, device=dev)),
                               torch.tensor(soft_vals, device=dev, dtype=logits.dtype), accumulate=True)
         if ban_rows:
-            self.stats["tokens_banned"] += len(ban_rows)
             logits.index_put_((torch.tensor(ban_rows, device=logits.device),
                                torch.tensor(ban_cols, device=logits.device)),
                               torch.tensor(float("-inf"), device=logits.device, dtype=logits.dtype))

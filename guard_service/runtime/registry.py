@@ -73,7 +73,6 @@ class PolicyRegistry:
         self.interval_s = interval_s
         self.generation = -1
         self.policies: dict[str, ActivePolicy] = {}  # by policy id
-        self.changed = asyncio.Event()
 
     def refresh(self) -> bool:
         generation = self.store.generation()
@@ -95,7 +94,6 @@ class PolicyRegistry:
         self.policies = fresh
         self.generation = generation
         metrics.ACTIVE_POLICIES.set(len(fresh))
-        self.changed.set()
         return True
 
     def active(self) -> list[ActivePolicy]:
