@@ -35,15 +35,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = PolicyRegistry(store, settings.refresh_interval_s)
         registry.refresh()  # a restart enforces every active policy before the first request
 
+        built: list[CompileContext] = []  # made once, when the engine is first ready
+
         def compile_context() -> CompileContext | None:
             if not holder.ready:
                 return None
+            if built:
+                return built[0]
             engine = holder.engine
-            return CompileContext(
+            built.append(CompileContext(
                 policies_dir=settings.path(settings.policies_dir), indexes_dir=settings.path(settings.indexes_dir),
                 model_dir=settings.resolved_model_path(), served_model_name=settings.served_model_name,
                 tokenizer=engine.get_tokenizer(), ask_model=engine_asker(engine, settings.expand_max_tokens),
-                max_document_bytes=settings.max_document_bytes)
+                max_document_bytes=settings.max_document_bytes))
+            return built[0]
 
         scheduler = CompileScheduler(store, compile_context, settings.refresh_interval_s,
                                      on_compiled=lambda *_: registry.refresh())

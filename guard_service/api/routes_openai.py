@@ -39,7 +39,7 @@ from guard_service.config import Settings
 from guard_service.metrics import recorder
 from guard_service.runtime.decision import REFUSAL, GuardDecision, Verdict
 from guard_service.runtime.guard import BYPASS_HEADER, Guard
-from guard_service.runtime.output_guard import CONTENT_FILTER
+from guard_service.runtime.output_guard import CONTENT_FILTER, OutputGuard
 from guard_service.serving.generation import ChoiceDelta, collect, generate
 from guard_service.serving.logprobs import chat_logprobs, completion_logprobs
 from guard_service.serving.prompts import check_vocab, encode_prompts, render_chat
@@ -77,8 +77,9 @@ class _Guarded:
         self.first_text_at: float | None = None
 
     async def check(self, turns: list[str]) -> GuardDecision:
-        self.decision = await self.guard.check(turns, self.model, self.api_key, self.bypass)
-        self.output = self.guard.output_guard(self.decision, self.model, self.api_key)
+        policies = self.guard.applicable(self.model, self.api_key)
+        self.decision = await self.guard.check(turns, self.model, policies, self.bypass)
+        self.output = OutputGuard(self.decision, policies)
         recorder.decision(self.decision, self.endpoint)
         return self.decision
 

@@ -6,10 +6,10 @@ import asyncio
 from pathlib import Path
 
 from guard_service.api.auth import authenticate
+from guard_service.api.errors import APIError
 from guard_service.config import Settings
 from guard_service.runtime.classifier import classify
 from guard_service.runtime.decision import GuardDecision, Verdict, decide
-from guard_service.runtime.output_guard import OutputGuard
 from guard_service.runtime.registry import ActivePolicy, PolicyRegistry
 from guard_service.store.sqlite import PolicyStore
 
@@ -26,20 +26,15 @@ class Guard:
     def applicable(self, model: str, api_key: str | None) -> list[ActivePolicy]:
         return [p for p in self.registry.active() if p.applies_to(model, api_key)]
 
-    def output_guard(self, decision: GuardDecision, model: str, api_key: str | None) -> OutputGuard:
-        return OutputGuard(decision, self.applicable(model, api_key))
-
-    async def check(self, turns: list[str], model: str, api_key: str | None,
+    async def check(self, turns: list[str], model: str, policies: list[ActivePolicy],
                     bypass_token: str | None = None) -> GuardDecision:
+        """`policies`: those `applicable` to this request (the output guard scans the same list)."""
         if bypass_token is not None:
             principal = authenticate(self.settings, bypass_token)
             if principal is None or not principal.can_write:
-                from guard_service.api.errors import APIError
-
                 raise APIError(403, "x-guard-bypass needs a valid admin token", code="forbidden")
             self.store.record(principal.name, "unguarded-generation", detail={"model": model})
             return GuardDecision(Verdict.passed, bypassed_by=principal.name)
-        policies = self.applicable(model, api_key)
         if not policies:
             return GuardDecision(Verdict.passed)
         return decide(await asyncio.to_thread(classify, turns, policies))
