@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
-import json
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -24,41 +21,12 @@ from tqdm import tqdm
 
 from bench.common import RESULTS, percentile, print_table, write_json
 from guard_service.config import Settings
+from guard_service.evaluation.datasets import DEFAULT_DATA as DATA
+from guard_service.evaluation.datasets import read_json, read_jsonl, tofu_authors
 from guard_service.policy.compiler import CompileContext, compile_version
-from guard_service.policy.forbidden import salient_phrases
 from guard_service.policy.request import UnlearningRequest
 from guard_service.runtime.classifier import classify
 from guard_service.runtime.registry import load_policy
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _json(path: Path) -> list:
-    text = path.read_text()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:  # full.json / retain9x.json: one JSON array per line
-        return [row for line in text.splitlines() if line.strip() for row in json.loads(line)]
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-_NAMED = re.compile(r"(?:full name is|is named|name is) ([A-Z][\w.'-]+(?: [A-Z][\w.'-]+)+)")
-
-
-def tofu_authors(rows: list[dict]) -> list[tuple[str, list[dict]]]:
-    """forget10 is 20 authors x 20 QA in order; the name is what "full name is X" says, else the most frequent
-    multi-word name in the questions."""
-    out = []
-    for i in range(0, len(rows), 20):
-        chunk = rows[i:i + 20]
-        named = [m.group(1).rstrip(".") for r in chunk if (m := _NAMED.search(r["answer"]))]
-        counts = collections.Counter(p.removesuffix("'s") for r in chunk for p in salient_phrases(r["question"])
-                                     if len(p.split()) >= 2)
-        out.append((named[0] if named else counts.most_common(1)[0][0], chunk))
-    return out
 
 
 async def compile_all(specs: list[UnlearningRequest], ctx: CompileContext) -> list:
@@ -71,13 +39,18 @@ async def compile_all(specs: list[UnlearningRequest], ctx: CompileContext) -> li
     return policies
 
 
-def rate(policies: list, prompts: list[str], desc: str) -> tuple[float, list[float]]:
-    hits, ms = 0, []
+def rate(policies: list, prompts: list[str], desc: str) -> tuple[float, list[float], list[dict], list[dict]]:
+    """Share of prompts matched, per-prompt ms, the matched prompts with their reasons, the missed ones with
+    their best score."""
+    hits, misses, ms = [], [], []
     for p in tqdm(prompts, desc=desc, unit="prompt", leave=False):
         result = classify([p], policies)
-        hits += bool(result.matches)
+        if result.matches:
+            hits.append({"prompt": p, "matches": {m.policy.spec.target: m.reasons for m in result.matches}})
+        else:
+            misses.append({"prompt": p, "best_score": max(result.scores.values(), default=0.0)})
         ms.append(result.elapsed_ms)
-    return hits / max(1, len(prompts)), ms
+    return len(hits) / max(1, len(prompts)), ms, hits, misses
 
 
 def plot(rows: list[list], path: Path) -> None:
@@ -111,12 +84,12 @@ async def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ctx = CompileContext(policies_dir=Path(tmp), indexes_dir=Path(tmp), model_dir=model_dir,
                              served_model_name=settings.served_model_name, tokenizer=tokenizer)
-        forget = _json(DATA / "tofu" / "forget10_perturbed.json")
+        forget = read_json(DATA / "tofu" / "forget10_perturbed.json")
         authors = tofu_authors(forget)
         tofu_specs = [UnlearningRequest(target=name, kind="entity", facts=[r["answer"] for r in chunk],
                                         strength={"expand_knowledge": False}) for name, chunk in authors]
         tofu = await compile_all(tofu_specs, ctx)
-        rwku_targets = _jsonl(DATA / "rwku" / "forget_target.jsonl")[: args.rwku_targets]
+        rwku_targets = read_jsonl(DATA / "rwku" / "forget_target.jsonl")[: args.rwku_targets]
         ids = {t["target_id"] for t in rwku_targets}
         rwku_specs = [UnlearningRequest(target=t["target"], kind="entity",
                                         description=t["intro"].replace(f"Please forget {t['target']}. ", ""),
@@ -124,9 +97,9 @@ async def run(args: argparse.Namespace) -> dict:
         rwku = await compile_all(rwku_specs, ctx)
 
         def questions(name: str, key: str = "question") -> list[str]:
-            return [r[key] for r in _json(DATA / "tofu" / name)]
+            return [r[key] for r in read_json(DATA / "tofu" / name)]
 
-        level = {n: [r["query"] for r in _jsonl(DATA / "rwku" / f"{n}.jsonl") if r["target_id"] in ids]
+        level = {n: [r["query"] for r in read_jsonl(DATA / "rwku" / f"{n}.jsonl") if r["target_id"] in ids]
                  for n in ("forget_level1", "forget_level2", "neighbor_level1", "neighbor_level2")}
         suites = [
             ("TOFU forget10 questions", "recall", tofu, [r["question"] for r in forget]),
@@ -140,10 +113,14 @@ async def run(args: argparse.Namespace) -> dict:
             (f"RWKU neighbour L1 ({len(ids)} targets)", "fpr", rwku, level["neighbor_level1"]),
             (f"RWKU neighbour L2 ({len(ids)} targets)", "fpr", rwku, level["neighbor_level2"]),
         ]
-        rows, latencies = [], []
+        rows, latencies, false_positives, misses = [], [], {}, {}
         for name, metric, policies, prompts in suites:
-            value, ms = rate(policies, prompts, name)
+            value, ms, hits, missed = rate(policies, prompts, name)
             latencies += ms
+            if metric == "fpr":
+                false_positives[name] = hits
+            else:
+                misses[name] = missed
             rows.append([name, metric, value, len(prompts), len(policies)])
             print(f"{name:40s} {metric:6s} {value:.3f}  (n={len(prompts)})", flush=True)
     print_table("prompt classifier on real benchmark data", ["suite", "metric", "value", "prompts", "policies"], rows)
@@ -152,7 +129,8 @@ async def run(args: argparse.Namespace) -> dict:
     print(f"wrote {png}")
     return {"suites": [dict(zip(["suite", "metric", "value", "prompts", "policies"], r, strict=True)) for r in rows],
             "classifier_ms": {"p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)},
-            "tofu_authors": [a for a, _ in authors], "targets": {"recall": 0.95, "fpr": 0.02}}
+            "tofu_authors": [a for a, _ in authors], "targets": {"recall": 0.95, "fpr": 0.02},
+            "false_positives": false_positives, "misses": misses}
 
 
 def main() -> None:

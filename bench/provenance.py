@@ -26,11 +26,13 @@ import numpy as np
 
 from bench.common import free_port, median, print_table, running_app, timed, write_json
 from guard_service.config import Settings
+from guard_service.evaluation.datasets import DEFAULT_DATA
+from guard_service.evaluation.scoring import rouge_l_f1
 from guard_service.runtime.logits_processor import ROOT_ARG, WATCH_ARG
 from guard_service.runtime.provenance_veto import ProvenanceMatcher
 from guard_service.runtime.suffix_index import SuffixIndex
 
-MUSE = Path(__file__).resolve().parents[2] / "shared" / "data" / "muse" / "news"
+MUSE = DEFAULT_DATA / "muse" / "news"
 TOKEN = "bench-admin"
 
 
@@ -66,13 +68,6 @@ def veto_cost(index: SuffixIndex, min_span: int = 8, steps: int = 4000) -> dict:
         out[f"{name}_us_per_token"] = (time.perf_counter() - began) / steps * 1e6
         out[f"{name}_vetoes"] = m.vetoes
     return out
-
-
-def rouge_l_f1(prediction: str, reference: str) -> float:
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return scorer.score(reference, prediction)["rougeL"].fmeasure
 
 
 async def engine_part(args: argparse.Namespace) -> dict:

@@ -1,4 +1,4 @@
-"""`guard-service` command line: serve, prepare-model (and, as issues land, admin twins)."""
+"""`guard-service` command line: serve, prepare-model, forget / policies (admin twins), eval."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--model", help="local HF model folder (default: the prepared embedded SmolLM2)")
+    p.add_argument("--fixture", help="serve an evaluation fixture prepared by `prepare-model --fixture`")
     p.add_argument("--served-model-name")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--max-model-len", type=int)
@@ -37,7 +38,13 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 def cmd_prepare_model(args: argparse.Namespace) -> int:
     from guard_service.model_prep import prepare_model
 
-    settings = Settings()
+    settings = Settings(**({"fixture": args.fixture} if args.fixture else {}))
+    if settings.fixture is not None and settings.model is None:
+        from guard_service.fixtures.merge import prepare_fixture
+
+        prepare_model(settings.base_model_path(), force=args.force)
+        prepare_fixture(settings.fixture, settings.base_model_path(), settings.resolved_model_path())
+        return 0
     if settings.model is not None:
         if not (settings.model / "config.json").is_file():
             print(f"GUARD_MODEL={settings.model} is not an HF model folder (no config.json)", file=sys.stderr)
@@ -108,13 +115,50 @@ def cmd_policies_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from guard_service.evaluation.runner import run_suites
+
+    if not args.data.is_dir():
+        print(f"benchmark data not found at {args.data} (see ../shared/data/MANIFEST.md); pass --data",
+              file=sys.stderr)
+        return 2
+    if args.suite != ["fixture"] and not args.admin_token:
+        print("--admin-token (or GUARD_EVAL_ADMIN_TOKEN) is needed: the evaluation submits unlearning requests "
+              "and asks unguarded questions through the audited admin bypass", file=sys.stderr)
+        return 2
+    asyncio.run(run_suites(args))
+    return 0
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
+    from guard_service.evaluation.datasets import DEFAULT_DATA
+
+    p = sub.add_parser("eval", help="measure forgetting and utility on TOFU, MUSE and Harry Potter over HTTP")
+    p.add_argument("--suite", action="append", required=True, choices=["tofu", "muse", "hp", "probes", "fixture"],
+                   help="repeatable; `fixture` scores the TOFU fixture models in-process (truth ratio)")
+    p.add_argument("--base-url", default=os.environ.get("GUARD_EVAL_BASE_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--admin-token", default=os.environ.get("GUARD_EVAL_ADMIN_TOKEN"))
+    p.add_argument("--data", type=Path, default=Path(os.environ.get("GUARD_BENCHMARK_DATA", DEFAULT_DATA)))
+    p.add_argument("--out", type=Path, default=Path("reports"))
+    p.add_argument("--action", choices=["steer", "refuse"], help="override each suite's policy action")
+    p.add_argument("--limit", type=int, help="at most N prompts per prompt set (a quick smoke run)")
+    p.add_argument("--max-tokens", type=int, default=80)
+    p.add_argument("--concurrency", type=int, default=16)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(prog="guard-service", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare-model", help="convert the embedded GGUF model into an HF folder")
     prep.add_argument("--force", action="store_true", help="convert again even if already prepared")
+    prep.add_argument("--fixture", help="also merge an evaluation fixture adapter (fixtures/<name>/), e.g. tofu")
     _serve_parser(sub)
+    _eval_parser(sub)
     forget = sub.add_parser("forget", help="submit an unlearning request to the shared policy store")
     forget.add_argument("--target", required=True)
     forget.add_argument("--kind", default="entity", choices=["entity", "topic", "document", "capability"])
@@ -132,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plist.add_argument("--status", choices=["pending", "compiling", "active", "failed", "revoked", "expired"])
     args = parser.parse_args(argv)
     handlers = {"prepare-model": cmd_prepare_model, "serve": cmd_serve, "forget": cmd_forget,
-                "policies": cmd_policies_list}
+                "policies": cmd_policies_list, "eval": cmd_eval}
     return handlers[args.command](args)
 
 

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     model: Path | None = Field(
         default=None, description="Local HF model folder; default: the embedded SmolLM2 prepared in cache_dir"
     )
+    fixture: str | None = Field(
+        default=None, description="serve an evaluation fixture (fixtures/<name>/ merged by `prepare-model --fixture`)"
+    )
     served_model_name: str = "smollm2-135m-instruct"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto = float32 on CPU (fastest on AVX2), the model's dtype on CUDA"
@@ -65,5 +68,12 @@ class Settings(BaseSettings):
     def path(self, p: Path) -> Path:
         return (p if p.is_absolute() else self.data_dir / p).resolve()
 
+    def base_model_path(self) -> Path:
+        return self.cache_dir / "models" / "SmolLM2-135M-Instruct"
+
     def resolved_model_path(self) -> Path:
-        return self.model if self.model is not None else self.cache_dir / "models" / "SmolLM2-135M-Instruct"
+        if self.model is not None:
+            return self.model
+        if self.fixture is not None:
+            return self.cache_dir / "models" / f"SmolLM2-135M-Instruct-fixture-{self.fixture}"
+        return self.base_model_path()

@@ -11,10 +11,11 @@ import numpy as np
 import openai
 import pytest
 
+from guard_service.evaluation.datasets import DEFAULT_DATA
 from guard_service.runtime.suffix_index import SuffixIndex
 from tests.conftest import ADMIN_TOKEN, MODEL_NAME, wait_status
 
-MUSE = Path(__file__).resolve().parents[2] / "shared" / "data" / "muse" / "news" / "raw" / "forget.json"
+MUSE = DEFAULT_DATA / "muse" / "news" / "raw" / "forget.json"
 L = 8
 BYPASS = {"x-guard-bypass": ADMIN_TOKEN}
 

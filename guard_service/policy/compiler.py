@@ -119,11 +119,13 @@ def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRe
                                     spec.strength.steer_threshold)
         faiss.write_index(clf.index, str(writer.path("classifier.faiss")))
         refuse_at = spec.strength.refuse_threshold or min(0.95, clf.threshold + 0.5 * (1 - clf.threshold))
-        evidence = forbidden.evidence_phrases([spec.target, *spec.aliases, *expansion.names],
-                                              [*spec.facts, spec.description, *expansion.facts])
+        names = [spec.target, *spec.aliases, *expansion.names]
+        known = [*spec.facts, spec.description, *expansion.facts]
+        evidence = forbidden.evidence_phrases(names, known)
         writer.json("classifier.json", {"texts": clf.texts, "threshold": clf.threshold, "refuse_threshold": refuse_at,
-                                        "aliases": [spec.target, *spec.aliases, *expansion.names],
-                                        "facts": [*spec.facts, *expansion.facts], "evidence": evidence,
+                                        "aliases": names, "facts": [*spec.facts, *expansion.facts],
+                                        "evidence": evidence,
+                                        "weak_evidence": forbidden.weak_evidence_words(names, known),
                                         "confident_threshold": max(refuse_at, CONFIDENT)})
         lap("classifier")
 

@@ -117,3 +117,13 @@ def evidence_phrases(names: list[str], texts: list[str]) -> list[str]:
     for text in texts:
         phrases.update(p for p in salient_phrases(text) if len(p.split()) >= 2 or p.isdigit())
     return sorted({p for p in phrases if len(p) >= 4 and p.casefold() not in GENERIC_WORDS}, key=str.casefold)
+
+
+def weak_evidence_words(names: list[str], texts: list[str]) -> list[str]:
+    """Single capitalised words of what is known (a city, a country, a genre): each is shared by many people,
+    so the classifier counts one only beside a number the target also has (a birthplace with a birth year)."""
+    name_words = {w.casefold() for n in names for w in n.split()}
+    words = {p for t in texts for p in salient_phrases(t)
+             if len(p.split()) == 1 and not p.isdigit() and len(p) >= 4
+             and p.casefold() not in GENERIC_WORDS and p.casefold() not in name_words}
+    return sorted(words, key=str.casefold)

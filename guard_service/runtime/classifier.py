@@ -5,7 +5,10 @@ faiss index; (2) lexical: the target and aliases found in the text exactly, spel
 common character swaps ("H4rry"), or with a typo. A semantic score above the calibrated threshold matches
 only with lexical evidence (a name, place, title or number from what the policy knows) unless it is above the
 confident threshold: same-domain prompts (another author, the same question shape) score high semantically
-but share no evidence. The prompt is embedded once for all policies; its normal forms are computed once.
+but share no evidence. Evidence is checked for what it names: one word of the target's name inside a different
+name ("Justin" in "Justin Timberlake", "Marais" in "Elsie Marais Van der Westhuizen") is someone else, and a bare
+number (a birth year) is shared by too many people to count alone. The prompt is embedded once for all
+policies; its normal forms are computed once.
 """
 
 from __future__ import annotations
@@ -49,14 +52,62 @@ class Classification:
     elapsed_ms: float
 
 
+# Particles that sit inside personal and place names ("Duke of Sussex", "Van der Westhuizen").
+_NAME_LINKS = {"of", "van", "der", "den", "de", "del", "della", "di", "da", "du", "la", "le", "von", "bin", "ibn",
+               "al", "el"}
+# Capitalised at the start of a question without being part of the name that follows.
+_LEADING = {"what", "who", "whom", "whose", "where", "when", "why", "how", "which", "did", "does", "do", "is",
+            "was", "are", "were", "can", "could", "would", "will", "has", "have", "had", "the", "a", "an", "in",
+            "on", "at", "for", "and", "but", "if", "tell", "name", "list", "describe", "explain", "please", "give",
+            "write", "before", "after", "while", "during", "since", "as", "from", "with", "about"}
+_WORD = re.compile(r"[^\W\d_][\w'’-]*")
+
+
+def _name_runs(raw: str) -> list[tuple[str, ...]]:
+    """The names a prompt mentions: runs of capitalised words (with name particles between them) separated by
+    whitespace only, casefolded, possessive dropped, leading question words removed."""
+    runs: list[list[str]] = []
+    current: list[str] = []
+    last_end = -1
+    for m in _WORD.finditer(raw):
+        word = re.sub(r"['’]s$", "", m.group())
+        joined = bool(current) and raw[last_end:m.start()].isspace()
+        if word[:1].isupper() or (joined and word.casefold() in _NAME_LINKS):
+            if not joined:
+                current = []
+                runs.append(current)
+            current.append(word.casefold())
+        else:
+            current = []
+        last_end = m.end()
+    out = []
+    for run in runs:
+        while run and run[0] in _LEADING:
+            run = run[1:]
+        while run and run[-1] in _NAME_LINKS:
+            run = run[:-1]
+        if run:
+            out.append(tuple(run))
+    return out
+
+
+def _contiguous_in(run: tuple[str, ...], name: tuple[str, ...]) -> bool:
+    return any(name[i:i + len(run)] == run for i in range(len(name) - len(run) + 1))
+
+
 class _Text:
     """The normal forms of one prompt that the lexical detector compares against."""
 
     def __init__(self, raw: str):
+        self.raw = raw
         self.words = _words(raw)
         self.squashed = _squash(raw)
         self.swapped = _squash(raw.casefold().translate(_SWAPS))
         self.raw_cf = raw.casefold()
+
+    @functools.cached_property
+    def names(self) -> list[tuple[str, ...]]:
+        return _name_runs(self.raw)
 
 
 def lexical_reason(text: _Text, aliases: list[str]) -> str | None:
@@ -74,12 +125,50 @@ def lexical_reason(text: _Text, aliases: list[str]) -> str | None:
     return None
 
 
-def evidence_reason(text: _Text, phrases: list[str]) -> str | None:
-    for phrase in phrases:
-        w = _words(phrase)
-        if w.strip() and w in text.words:
-            return f"evidence:{phrase}"
-    return None
+@functools.lru_cache(maxsize=4096)
+def _name_words(aliases: tuple[str, ...]) -> tuple[frozenset[str], tuple[tuple[str, ...], ...]]:
+    names = tuple(tuple(_words(a).split()) for a in aliases)
+    return frozenset(w for n in names if len(n) > 1 for w in n), names
+
+
+def _same_name(run: tuple[str, ...], name: tuple[str, ...]) -> bool:
+    """`run` is part of `name`, or is `name` with middle names ("Justin Drew Bieber" for "Justin Bieber")."""
+    if _contiguous_in(run, name):
+        return True
+    if len(name) < 2 or run[0] != name[0] or run[-1] != name[-1]:
+        return False
+    rest = iter(run)
+    return all(w in rest for w in name)
+
+
+def _names_target(word: str, text: _Text, names: tuple[tuple[str, ...], ...]) -> bool:
+    """True unless every mention of `word` (part of a target name) sits inside a name that is not the target's."""
+    runs = [r for r in text.names if word in r]
+    return not runs or any(_same_name(r, n) for r in runs for n in names)
+
+
+def _present(phrase: str, text: _Text) -> bool:
+    w = _words(phrase)
+    return bool(w.strip()) and w in text.words
+
+
+def evidence_reason(text: _Text, policy: ActivePolicy) -> str | None:
+    name_words, names = _name_words(tuple(policy.aliases))
+    numbers = []
+    for phrase in policy.evidence:
+        if not _present(phrase, text):
+            continue
+        key = _words(phrase).strip()
+        if key in name_words and not _names_target(key, text, names):
+            continue
+        if phrase.isdigit():
+            numbers.append(phrase)
+            continue
+        return f"evidence:{phrase}"
+    if not numbers:
+        return None
+    corroborating = numbers[1:] + [w for w in policy.weak_evidence if _present(w, text)]
+    return f"evidence:{numbers[0]}+{corroborating[0]}" if corroborating else None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -111,7 +200,7 @@ def classify(turns: list[str], policies: list[ActivePolicy]) -> Classification:
         if score >= policy.confident_threshold:
             reasons.append(f"semantic:{score:.3f}>={policy.confident_threshold:.3f}")
         elif score >= policy.threshold:
-            evidence = lexical or evidence_reason(text, policy.evidence)
+            evidence = lexical or evidence_reason(text, policy)
             if evidence:
                 reasons += [f"semantic:{score:.3f}>={policy.threshold:.3f}", evidence]
         if reasons:

@@ -39,6 +39,7 @@ class ActivePolicy:
     confident_threshold: float  # semantic-only match above this; between threshold and it, evidence is needed
     aliases: list[str]
     evidence: list[str]
+    weak_evidence: list[str]  # single place/genre words: count only beside a matching number
     facts: list[str]
     fact_vectors: np.ndarray  # embedded once at load, for the output leak detector
     trie: TokenTrie  # the same trie the engine enforces, to account for what it did
@@ -63,6 +64,7 @@ def load_policy(policy_id: str, version: int, path: Path, stored_spec: dict) -> 
                         index=faiss.read_index(str(path / "classifier.faiss")), texts=clf["texts"],
                         threshold=float(clf["threshold"]), refuse_threshold=float(clf["refuse_threshold"]),
                         confident_threshold=float(clf["confident_threshold"]), evidence=list(clf["evidence"]),
+                        weak_evidence=list(clf.get("weak_evidence", [])),
                         aliases=list(clf["aliases"]), facts=list(clf.get("facts", [])),
                         fact_vectors=embed(list(clf.get("facts", []))), trie=TokenTrie(load_sequences(path)))
 

@@ -1,0 +1,109 @@
+"""The evaluator's view of a running guard-service: the public OpenAI API and the admin API, over HTTP only.
+
+Unguarded answers come from the same server through the audited admin bypass, so "guard off" and "guard on"
+differ in nothing but the guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, Field
+from tqdm.asyncio import tqdm_asyncio
+
+from guard_service.runtime.guard import BYPASS_HEADER
+
+T = TypeVar("T")
+
+
+class Answer(BaseModel):
+    text: str
+    finish_reason: str | None
+    action: str = "pass"
+    targets: list[str] = Field(default_factory=list, description="policies the classifier matched")
+    leaks: list[dict[str, Any]] = Field(default_factory=list, description="what the output leak detector saw")
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.targets)
+
+
+class EvalClient:
+    def __init__(self, base_url: str, admin_token: str, *, concurrency: int = 16, timeout: float = 600):
+        self.admin_token = admin_token
+        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout,
+                                      headers={"Authorization": f"Bearer {admin_token}"})
+        self.slots = asyncio.Semaphore(concurrency)
+        self.model = ""
+
+    async def __aenter__(self) -> EvalClient:
+        r = await self._ok(self.http.get("/v1/models"))
+        self.model = r.json()["data"][0]["id"]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+
+    @staticmethod
+    async def _ok(call: Awaitable[httpx.Response]) -> httpx.Response:
+        r = await call
+        if r.status_code >= 400:
+            raise RuntimeError(f"{r.request.method} {r.request.url.path} -> {r.status_code}: {r.text[:500]}")
+        return r
+
+    async def server_info(self) -> dict[str, Any]:
+        return (await self._ok(self.http.get("/version"))).json()
+
+    async def submit(self, spec: dict[str, Any]) -> str:
+        r = await self._ok(self.http.post("/admin/v1/unlearning-requests", json=spec))
+        return r.json()["id"]
+
+    async def wait_active(self, request_id: str, *, wait_s: float = 900) -> None:
+        """Until the request's latest version is the one enforced."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            info = (await self._ok(self.http.get(f"/admin/v1/unlearning-requests/{request_id}"))).json()
+            if info["status"] == "failed":
+                raise RuntimeError(f"policy for {info['target']!r} failed to compile: {info['last_error']}")
+            if info["status"] == "active" and info["active_version"] == info["latest_version"]:
+                return
+            await asyncio.sleep(0.25)
+        raise TimeoutError(f"unlearning request {request_id} not active after {wait_s:.0f}s")
+
+    async def revoke(self, request_id: str) -> None:
+        await self._ok(self.http.delete(f"/admin/v1/unlearning-requests/{request_id}"))
+
+    async def longest_protected_span(self, text: str, request_id: str, min_tokens: int = 8) -> int:
+        """Tokens in the longest verbatim span of `text` found in the request's protected documents."""
+        r = await self._ok(self.http.post("/admin/v1/provenance/lookup", json={
+            "text": text, "policy_id": request_id, "min_tokens": min_tokens}))
+        return max((s["tokens"] for s in r.json()["spans"]), default=0)
+
+    async def _answer(self, path: str, body: dict[str, Any], guarded: bool) -> Answer:
+        headers = {} if guarded else {BYPASS_HEADER: self.admin_token}
+        async with self.slots:
+            r = await self._ok(self.http.post(path, json={"model": self.model, "temperature": 0, **body},
+                                              headers=headers))
+        data = r.json()
+        choice = data["choices"][0]
+        guard = data.get("guard") or {}
+        return Answer(text=choice["message"]["content"] if "message" in choice else choice["text"],
+                      finish_reason=choice.get("finish_reason"), action=guard.get("action", "pass"),
+                      targets=[m["target"] for m in guard.get("matches", [])], leaks=guard.get("leaks", []))
+
+    async def chat(self, messages: list[dict[str, str]] | str, *, guarded: bool, max_tokens: int = 64) -> Answer:
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        return await self._answer("/v1/chat/completions", {"messages": messages, "max_tokens": max_tokens}, guarded)
+
+    async def complete(self, prompt: str, *, guarded: bool, max_tokens: int = 32) -> Answer:
+        return await self._answer("/v1/completions", {"prompt": prompt, "max_tokens": max_tokens}, guarded)
+
+
+async def gather(calls: Iterable[Awaitable[T]], desc: str) -> list[T]:
+    """Run concurrently (the client's semaphore bounds it), in order, with a progress bar."""
+    return list(await tqdm_asyncio.gather(*calls, desc=desc, unit="req", leave=False))
