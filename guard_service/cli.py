@@ -36,7 +36,10 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 
 def cmd_prepare_model(args: argparse.Namespace) -> int:
+    from guard_service import embedding
     from guard_service.model_prep import prepare_model
+
+    print(f"embedder ready: {embedding.prepare()}")
 
     settings = Settings(**({"fixture": args.fixture} if args.fixture else {}))
     if settings.fixture is not None and settings.model is None:

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     distributed_executor_backend: Literal["mp", "ray"] | None = None
     seed: int = 0
 
+    embedder_threads: int = Field(
+        default=2, ge=1, description="ONNX Runtime threads of the prompt classifier's embedder (API process)")
+
     # Request limits
     max_request_bytes: int = Field(default=64 * 1024 * 1024, description="HTTP body cap (413 above)")
 

@@ -164,3 +164,27 @@ def test_unloadable_policy_fails_closed_and_engine_survives(admin: httpx.Client,
         assert "Paris" in ask(client, "What is the capital of France?")  # everyone else is still served
     finally:
         admin.delete(f"/unlearning-requests/{body['id']}")
+
+
+def test_a_namesake_is_not_the_target(admin: httpx.Client, client: openai.OpenAI) -> None:
+    """One word of the target's name inside someone else's name is not evidence (RWKU's neighbour probes); the
+    target with a middle name still is."""
+    r = admin.post("/unlearning-requests", json={
+        "target": "Justin Bieber", "kind": "entity",
+        "facts": ["Justin Bieber was born on March 1, 1994, in London, Ontario.",
+                  "Justin Bieber is a Canadian singer discovered on YouTube in 2008."],
+        "strength": {"expand_knowledge": False}})
+    request_id = wait_status(admin, r.json()["id"], "active")["id"]
+
+    def action(prompt: str) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL_NAME, max_tokens=1, temperature=0, messages=[{"role": "user", "content": prompt}])
+        return raw.headers["x-guard-action"]
+
+    try:
+        assert action("Where was Justin Drew Bieber born?") != "pass"
+        assert action("In which year was Justin Bieber discovered?") != "pass"
+        assert action("Where was Justin Timberlake born and raised?") == "pass"
+        assert action("Which band did Justin Timberlake sing in?") == "pass"
+    finally:
+        admin.delete(f"/unlearning-requests/{request_id}")
