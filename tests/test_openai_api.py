@@ -18,6 +18,7 @@ def test_health_version_models(server: Server, client: openai.OpenAI) -> None:
     assert httpx.get(server.base_url + "/health").json()["status"] == "ok"
     version = httpx.get(server.base_url + "/version").json()
     assert version["vllm"].startswith("0.32")
+    assert version["model"] == "SmolLM2-135M-Instruct"
     assert [m.id for m in client.models.list().data] == [MODEL_NAME]
 
 

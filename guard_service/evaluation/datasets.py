@@ -17,8 +17,12 @@ def read_json(path: Path) -> list:
     text = path.read_text()
     try:
         return json.loads(text)
-    except json.JSONDecodeError:  # full.json / retain9x.json: one JSON array per line
-        return [row for line in text.splitlines() if line.strip() for row in json.loads(line)]
+    except json.JSONDecodeError:  # full.json / retain9x.json: one array per line; *_perturbed: one row per line
+        rows: list = []
+        for line in filter(str.strip, text.splitlines()):
+            value = json.loads(line)
+            rows += value if isinstance(value, list) else [value]
+        return rows
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -73,8 +73,9 @@ def plot_tradeoff(results: list[SuiteResult], path: Path) -> None:
 
 
 def _markdown(result: SuiteResult) -> list[str]:
+    where = ", ".join(f"{k} {v}" for k, v in result.server.items() if isinstance(v, str | int | float))
     lines = [f"## {result.suite}", "", f"Reproduce: `{result.command}`  ", f"Model `{result.model}`, measured "
-             f"{result.measured_at}, {result.seconds:.0f} s.", ""]
+             f"{result.measured_at} in {result.seconds:.0f} s ({where}).", ""]
     lines += [f"- {n}" for n in result.notes] + [""]
     if result.checks:
         lines += ["| target | measured | goal | met |", "|---|---|---|---|"]
@@ -97,7 +98,13 @@ def _markdown(result: SuiteResult) -> list[str]:
     return lines
 
 
-def write(result: SuiteResult, out: Path, preamble: str = "") -> list[Path]:
+PREAMBLE = """Written by `guard-service eval` from the JSON files beside this one (one per suite); each section
+names the command that reproduces it. "unguarded" answers come from the same server through the audited admin
+bypass, "guarded" ones through the normal path, so the two columns differ by the guard alone. Greedy decoding
+throughout."""
+
+
+def write(result: SuiteResult, out: Path, preamble: str = PREAMBLE) -> list[Path]:
     """Add one suite's result to `out` and regenerate the combined report; return the files written."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{result.suite}.json").write_text(result.model_dump_json(indent=2) + "\n")

@@ -53,5 +53,10 @@ def harmonic_mean(values: list[float]) -> float:
     return statistics.harmonic_mean(values) if values and min(values) > 0 else 0.0
 
 
+def ratio(numerator: float, denominator: float) -> float | None:
+    """None where the reference is zero: a ratio against nothing measured is not a result."""
+    return numerator / denominator if denominator > 0 else None
+
+
 def rate(flags: list[bool]) -> float:
     return sum(flags) / len(flags) if flags else 0.0

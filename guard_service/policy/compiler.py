@@ -47,10 +47,11 @@ def _model_identity(ctx: CompileContext) -> dict[str, Any]:
 
 
 def warm_caches(ctx: CompileContext) -> None:
-    """Per-model work every compile shares (vocab surfaces, embeddings, the negative bank), done once up front
-    so the first request after start-up is as fast as the rest."""
+    """Per-model work every compile shares (vocab surfaces and their extensions, embeddings, the negative bank),
+    done once up front so the first request after start-up is as fast as the rest."""
     began = time.perf_counter()
     tokenization.surfaces(ctx.tokenizer)
+    tokenization.extension_index(ctx.tokenizer)
     embeddings = semantic.input_embeddings(str(ctx.model_dir))
     semantic.wordlike(ctx.tokenizer, min(len(ctx.tokenizer), embeddings.shape[0]))
     classifier_data.negative_vectors()
@@ -95,8 +96,11 @@ def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRe
         lap("forbidden_strings")
 
         by_string = tokenization.sequences_for(tok, strings)
-        sequences = sorted(set().union(*by_string.values()))
         strict = set().union(*(by_string[s] for s in whole))
+        # canonical spellings of whole names, final piece lengthened: also banned everywhere
+        strict |= {e for s in whole for form in (s, " " + s)
+                   for e in tokenization.extended(tok, tuple(tok.encode(form, add_special_tokens=False)))}
+        sequences = sorted(set().union(strict, *by_string.values()))
         lengths = np.asarray([len(s) for s in sequences], dtype=np.int64)
         writer.array("trie_tokens.npy", np.asarray([t for s in sequences for t in s], dtype=np.int32))
         writer.array("trie_offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))

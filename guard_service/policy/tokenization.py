@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 MAX_EXTRA_TOKENS = 1  # segmentations up to canonical length + this
+MAX_SUFFIX_CHARS = 3  # "en" -> "ens", "en's": a final piece with a few more letters still spells the name
 MAX_PER_STRING = 32
 _EXPLORE = 512  # segmentations enumerated before the shortest MAX_PER_STRING are kept
 
@@ -27,6 +28,25 @@ def surfaces(tokenizer: Any) -> tuple[dict[str, list[int]], int]:
         if t and "\ufffd" not in t and i not in special:
             table.setdefault(t, []).append(i)
     return table, max(len(t) for t in table)
+
+
+@functools.lru_cache(maxsize=4)
+def extension_index(tokenizer: Any) -> dict[str, list[int]]:
+    """Piece text -> ids of pieces that are that text plus 1-3 more letters (or an apostrophe-s)."""
+    table, _ = surfaces(tokenizer)
+    index: dict[str, list[int]] = {}
+    for text, ids in table.items():
+        for cut in range(max(1, len(text) - MAX_SUFFIX_CHARS), len(text)):
+            if text[cut:].replace("'", "").replace("’", "").isalpha():
+                index.setdefault(text[:cut], []).extend(ids)
+    return index
+
+
+def extended(tokenizer: Any, sequence: tuple[int, ...]) -> set[tuple[int, ...]]:
+    """The sequence with its final piece swapped for a longer one ("Hina Ame|en" -> "Hina Ame|ens"): once the
+    exact final piece is banned, a model completes the name with a suffix instead, and the name is out."""
+    last = tokenizer.decode([sequence[-1]])
+    return {(*sequence[:-1], i) for i in extension_index(tokenizer).get(last, [])} if len(last) >= 2 else set()
 
 
 def segmentations(tokenizer: Any, text: str, limit: int = MAX_PER_STRING) -> list[list[int]]:

@@ -76,7 +76,7 @@ def _name_runs(raw: str) -> list[tuple[str, ...]]:
             if not joined:
                 current = []
                 runs.append(current)
-            current.append(word.casefold())
+            current.extend(_words(word).split())  # "Al-Hashim" -> al, hashim: the same words as the names
         else:
             current = []
         last_end = m.end()

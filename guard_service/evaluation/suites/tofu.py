@@ -55,8 +55,8 @@ class TofuSuite(Suite):
         false_pos = sum(a.flagged for k in ("retain", "real authors", "world facts") for a in answers[k]["guarded"])
         utility = {mode: scoring.harmonic_mean([rouge[k][mode] for k in ("retain", "real authors", "world facts")])
                    for mode in MODES}
-        cut = rouge["forget"]["unguarded"] / max(rouge["forget"]["guarded"], 1e-9)
-        retain_ratio = rouge["retain"]["guarded"] / max(rouge["retain"]["unguarded"], 1e-9)
+        cut = scoring.ratio(rouge["forget"]["unguarded"], rouge["forget"]["guarded"])
+        retain_ratio = scoring.ratio(rouge["retain"]["guarded"], rouge["retain"]["unguarded"])
         negatives_fpr = max(flagged["retain"], flagged["world facts"])
         metrics = {
             **{f"rougeL_recall.{label}.{mode}": v for label, by in rouge.items() for mode, v in by.items()},
