@@ -90,7 +90,7 @@ def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRe
         items = forbidden.collect(spec.target, spec.aliases, spec.facts, spec.description,
                                   expansion.names, expansion.facts)
         strings = sorted({v for item in items for v in forbidden.variants(item.text)})
-        whole = {v for item in items if not item.split for v in forbidden.variants(item.text)}
+        whole = {v for item in items if forbidden.is_name(item) for v in forbidden.variants(item.text)}
         writer.json("forbidden.json", {"items": [{"text": i.text, "origin": i.origin, "split": i.split} for i in items],
                                        "variants": strings, "expansion": expansion.as_dict()})
         lap("forbidden_strings")

@@ -31,7 +31,7 @@ _NUMBER = re.compile(r"\b\d{3,}\b")
 @dataclass(frozen=True)
 class Forbidden:
     text: str
-    origin: str  # target | alias | fact | description | expanded
+    origin: str  # target | alias | fact | description | expanded | expanded-fact
     split: bool = False  # one word of a longer name ("Potter"): forbidden when steering, not everywhere
 
 
@@ -99,12 +99,21 @@ def collect(target: str, aliases: list[str], facts: list[str], description: str,
     items += [Forbidden(p, "fact") for f in facts for p in salient_phrases(f)]
     items += [Forbidden(p, "description") for p in salient_phrases(description)]
     items += [Forbidden(n, "expanded") for n in expanded_names]
-    items += [Forbidden(p, "expanded") for f in expanded_facts for p in salient_phrases(f)]
+    items += [Forbidden(p, "expanded-fact") for f in expanded_facts for p in salient_phrases(f)]
     words = [Forbidden(w, i.origin, split=True) for i in items for w in distinctive_words(i.text)]
     seen: dict[str, Forbidden] = {}
     for item in items + words:
         seen.setdefault(item.text.casefold(), item)
     return list(seen.values())
+
+
+NAME_ORIGINS = frozenset({"target", "alias", "expanded"})
+
+
+def is_name(item: Forbidden) -> bool:
+    """Whole names of the target: what every request must not produce, matched or not. Phrases from its facts
+    ("Cape Town", "historical fiction") are forbidden only where a prompt is about the target."""
+    return item.origin in NAME_ORIGINS and not item.split
 
 
 def evidence_phrases(names: list[str], texts: list[str]) -> list[str]:
