@@ -24,6 +24,8 @@ def _plt():
 def _fmt(v: float | None) -> str:
     if v is None:
         return "n/a"
+    if 0 < abs(v) < 1e-3:
+        return f"{v:.1e}"
     return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
 
@@ -112,6 +114,12 @@ def write(result: SuiteResult, out: Path, preamble: str = PREAMBLE) -> list[Path
     if result.bars:
         plot_bars(result, out / f"{result.suite}.png")
         written.append(out / f"{result.suite}.png")
+    return written + render(out, preamble)
+
+
+def render(out: Path, preamble: str = PREAMBLE) -> list[Path]:
+    """README.md and the trade-off plot from every suite's JSON in `out`."""
+    written = []
     results = [SuiteResult.model_validate_json(p.read_text()) for p in sorted(out.glob("*.json"))
                if p.stem in SUITES]
     if any(r.tradeoff for r in results):
