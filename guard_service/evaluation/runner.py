@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import platform
 
@@ -29,12 +30,12 @@ async def run_suites(args: argparse.Namespace) -> None:
     options = EvalOptions(data=args.data, action=args.action, limit=args.limit, max_tokens=args.max_tokens)
     machine = f"{platform.machine()}, {platform.processor() or platform.system()}"
     online = [s for s in args.suite if s not in OFFLINE]
-    client = EvalClient(args.base_url, args.admin_token or "", concurrency=args.concurrency) if online else None
-    server: dict = {}
-    if client is not None:
-        await client.__aenter__()
-        server = await client.server_info()
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        client, server = None, {}
+        if online:
+            client = await stack.enter_async_context(
+                EvalClient(args.base_url, args.admin_token or "", concurrency=args.concurrency))
+            server = await client.server_info()
         for name in dict.fromkeys(args.suite):
             result = await SUITES[name](options).run(client)
             result.command = _command(args, name)
@@ -45,6 +46,3 @@ async def run_suites(args: argparse.Namespace) -> None:
             for check in result.checks:
                 status = {True: "met", False: "MISSED", None: "n/a"}[check.met]
                 print(f"  {name}: {check.name}: {check.value} ({check.op} {check.target:g}) {status}")
-    finally:
-        if client is not None:
-            await client.__aexit__(None, None, None)
