@@ -25,7 +25,7 @@ from bench.common import batch_arguments, free_port, median, percentile, print_t
 from bench.throughput import http_batch
 from guard_service.config import Settings
 from guard_service.policy.classifier_data import negative_bank
-from guard_service.runtime.classifier import _embed_cached, classify
+from guard_service.runtime.classifier import EMBEDDINGS, classify
 from guard_service.runtime.logits_processor import POLICIES_ARG, ROOT_ARG
 from guard_service.serving.prompts import chat_token_ids
 
@@ -46,7 +46,7 @@ def classifier_ms(policies: list, prompts: list[str]) -> list[float]:
     """Per-prompt latency of a first sight (the embedding cache is cleared: repeats would be cheaper)."""
     out = []
     for p in prompts:
-        _embed_cached.cache_clear()
+        EMBEDDINGS.clear()
         began = time.perf_counter()
         classify([p], policies)
         out.append((time.perf_counter() - began) * 1000)

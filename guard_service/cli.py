@@ -1,4 +1,4 @@
-"""`guard-service` command line: serve, prepare-model, forget / policies (admin twins), eval."""
+"""`guard-service` command line: serve, prepare-model, forget / policies / audit (admin twins), eval."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def _store():
     from guard_service.store.sqlite import PolicyStore
 
     settings = Settings()
-    return settings, PolicyStore(settings.path(settings.store_path))
+    return settings, PolicyStore(settings.path(settings.store_path), settings.store_busy_timeout_s)
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
@@ -90,9 +90,9 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from guard_service.api.errors import APIError
-    from guard_service.api.routes_admin import submit
+    from guard_service.errors import ServiceError
     from guard_service.policy.request import UnlearningRequest
+    from guard_service.service import submit
 
     settings, store = _store()
     try:
@@ -101,7 +101,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
                                  protected_paths=args.protected_path, action=args.action,
                                  requested_by=args.requested_by or getpass.getuser(), reason=args.reason)
         request_id = submit(store, settings, spec, f"cli:{getpass.getuser()}")
-    except (ValidationError, APIError) as exc:
+    except (ValidationError, ServiceError) as exc:
         print(f"rejected: {exc}", file=sys.stderr)
         return 2
     print(request_id)
@@ -116,6 +116,41 @@ def cmd_policies_list(args: argparse.Namespace) -> int:
         print(f"{r.id:18} {r.status.value:10} {r.active_version or '-':>6} {r.latest_version:>6}  {r.target}"
               + (f"  ({r.last_error})" if r.last_error else ""))
     return 0
+
+
+def cmd_policies_recompile(args: argparse.Namespace) -> int:
+    """New versions compiled for the model served now; a running server compiles them within a poll."""
+    import getpass
+
+    from guard_service.errors import ServiceError
+    from guard_service.policy.request import Status
+    from guard_service.service import recompile
+
+    _, store = _store()
+    ids = list(args.ids)
+    if args.all:
+        ids += [r.id for r in store.list(Status.active)] + [r.id for r in store.list(Status.failed)]
+    if not ids:
+        print("name request ids or pass --all", file=sys.stderr)
+        return 2
+    for request_id in dict.fromkeys(ids):
+        try:
+            version = recompile(store, request_id, f"cli:{getpass.getuser()}")
+        except ServiceError as exc:
+            print(f"{request_id}: {exc.message}", file=sys.stderr)
+            return 2
+        print(f"{request_id} v{version} pending")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    _, store = _store()
+    result = store.verify_audit()
+    if result.ok:
+        print(f"audit chain intact: {result.rows} rows")
+        return 0
+    print(f"audit chain BROKEN at row {result.first_bad_seq}: {result.reason}", file=sys.stderr)
+    return 1
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -145,6 +180,8 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="repeatable; `fixture` scores the TOFU fixture models in-process (truth ratio)")
     p.add_argument("--base-url", default=os.environ.get("GUARD_EVAL_BASE_URL", "http://127.0.0.1:8000"))
     p.add_argument("--admin-token", default=os.environ.get("GUARD_EVAL_ADMIN_TOKEN"))
+    p.add_argument("--api-key", default=os.environ.get("GUARD_EVAL_API_KEY"),
+                   help="a client key for /v1 when the server has GUARD_API_KEYS")
     p.add_argument("--data", type=Path, default=Path(os.environ.get("GUARD_BENCHMARK_DATA", DEFAULT_DATA)))
     p.add_argument("--out", type=Path, default=Path("reports"))
     p.add_argument("--action", choices=["steer", "refuse"], help="override each suite's policy action")
@@ -177,9 +214,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     psub = policies.add_subparsers(dest="policies_command", required=True)
     plist = psub.add_parser("list", help="list unlearning requests and their status")
     plist.add_argument("--status", choices=["pending", "compiling", "active", "failed", "revoked", "expired"])
+    precompile = psub.add_parser("recompile", help="compile requests again for the model served now")
+    precompile.add_argument("ids", nargs="*", help="unlearning request ids")
+    precompile.add_argument("--all", action="store_true", help="every active and failed request")
+    audit = sub.add_parser("audit", help="the audit log")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    asub.add_parser("verify", help="check the hash chain of the whole audit log (exit 1 where it was edited)")
     args = parser.parse_args(argv)
-    handlers = {"prepare-model": cmd_prepare_model, "serve": cmd_serve, "forget": cmd_forget,
-                "policies": cmd_policies_list, "eval": cmd_eval}
+    if args.command == "policies":
+        return {"list": cmd_policies_list, "recompile": cmd_policies_recompile}[args.policies_command](args)
+    if args.command == "audit":
+        return cmd_audit_verify(args)
+    handlers = {"prepare-model": cmd_prepare_model, "serve": cmd_serve, "forget": cmd_forget, "eval": cmd_eval}
     return handlers[args.command](args)
 
 

@@ -49,12 +49,22 @@ class Settings(BaseSettings):
     embedder_threads: int = Field(
         default=2, ge=1, description="ONNX Runtime threads of the prompt classifier's embedder (API process)")
 
+    embedder_window_words: int = Field(
+        default=48, ge=8, le=180, description="words per classifier view over long messages and conversations "
+        "(MiniLM reads at most ~180 words); windows overlap by half")
+
     # Request limits
-    max_request_bytes: int = Field(default=64 * 1024 * 1024, description="HTTP body cap (413 above)")
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, description="HTTP body cap, counted as it streams "
+                                   "in (413 above)")
+    max_prompts: int = Field(default=64, ge=1, description="prompts in one /v1/completions list (400 above)")
+    max_choices: int = Field(default=128, ge=1, description="prompts x n in one request (400 above)")
+    max_lookup_chars: int = Field(default=200_000, ge=1, description="text of one provenance lookup (422 above)")
 
     # Policies: one store and one artifact location shared by every replica
     data_dir: Path = Field(default=Path("."), description="base for the relative paths below")
     store_path: Path = Field(default=Path("var/guard.sqlite3"), description="SQLite policy store")
+    store_busy_timeout_s: float = Field(default=10.0, gt=0, description="a write waits this long for the store's "
+                                        "lock, then answers 503 with Retry-After")
     policies_dir: Path = Field(default=Path("policies"), description="compiled policy artifacts")
     indexes_dir: Path = Field(default=Path("indexes"), description="server-side corpora a request may name")
     max_document_bytes: int = Field(default=32 * 1024 * 1024, description="protected text per request (413)")
@@ -67,6 +77,20 @@ class Settings(BaseSettings):
     # Auth: name -> token. Admin tokens may write; viewer tokens may only read the admin API.
     admin_tokens: dict[str, str] = Field(default_factory=dict)
     viewer_tokens: dict[str, str] = Field(default_factory=dict)
+    api_keys: dict[str, str] = Field(
+        default_factory=dict, description="client keys for /v1, tenant name -> key; empty = /v1 is open (warned)")
+
+    # What a client may learn (see README "Security model")
+    client_guard_detail: Literal["none", "action", "full"] = Field(
+        default="action", description="guard object and x-guard-* headers for plain clients: none, the action "
+        "and opaque policy ids, or full detail (targets, reasons, scores, leaks; for development only). "
+        "Admin and viewer tokens in x-guard-detail always get full detail")
+    metrics_auth: bool = Field(default=False, description="/metrics needs an admin or viewer bearer token")
+    docs_auth: bool = Field(default=False, description="/docs, /redoc and /openapi.json need an admin or viewer "
+                            "bearer token")
+    metrics_target_names: bool = Field(
+        default=False, description="export guard_policy_info{policy,target}: target names in metrics (opt-in)")
+    audit_queue_size: int = Field(default=10_000, ge=100, description="audit rows waiting to be written")
 
     def path(self, p: Path) -> Path:
         return (p if p.is_absolute() else self.data_dir / p).resolve()

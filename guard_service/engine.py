@@ -40,6 +40,9 @@ def engine_args(settings: Settings, logits_processors: list[str] | None = None) 
         distributed_executor_backend=settings.distributed_executor_backend,
         seed=settings.seed,
         logits_processors=logits_processors or None,
+        # Logprobs after the guard's logits processor (and penalties, temperature): a client never sees the
+        # unguarded distribution, in which a banned name would still be the likeliest token.
+        logprobs_mode="processed_logprobs",
     )
 
 
@@ -75,13 +78,13 @@ class EngineHolder:
         return self.engine is not None and not self.engine.errored
 
     def require(self) -> AsyncLLM:
-        from guard_service.api.errors import APIError
+        from guard_service.errors import ServiceError
 
         if self.engine is None:
             reason = f"engine failed to start: {self.error}" if self.error else "engine is starting"
-            raise APIError(503, reason, code="engine_unavailable")
+            raise ServiceError(503, reason, code="engine_unavailable")
         if self.engine.errored:
-            raise APIError(503, f"engine is dead: {self.engine.dead_error}", code="engine_dead")
+            raise ServiceError(503, f"engine is dead: {self.engine.dead_error}", code="engine_dead")
         return self.engine
 
     def shutdown(self) -> None:

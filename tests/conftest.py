@@ -71,6 +71,25 @@ def start_server(workdir: Path, extra_env: dict[str, str] | None = None, timeout
     raise RuntimeError(f"server not healthy after {timeout}s:\n{server.log_tail()}")
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response (head and Content-Length body) from a raw socket, however it is split."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _content_length(data):
+        part = sock.recv(65536)
+        if not part:
+            break
+        data += part
+    return data
+
+
+def _content_length(data: bytes) -> int:
+    for line in data.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
 def stop_server(server: Server) -> None:
     if server.proc.poll() is None:
         server.proc.terminate()
@@ -110,10 +129,14 @@ def admin(server: Server) -> httpx.Client:
 
 def wait_status(admin: httpx.Client, request_id: str, want: str, version: int | None = None,
                 timeout: float = 120) -> dict:
+    """The store's status, and for `active` also this server's own enforcement of that version (each process
+    loads a newly active version on its next poll)."""
     deadline = time.monotonic() + timeout
     while True:
         body = admin.get(f"/unlearning-requests/{request_id}").json()
-        if body["status"] == want and (version is None or body["active_version"] == version):
+        enforced = want != "active" or (body["enforcement"]["state"] == "enforced"
+                                        and body["enforcement"]["version"] == body["active_version"])
+        if body["status"] == want and (version is None or body["active_version"] == version) and enforced:
             return body
         if time.monotonic() > deadline:
             raise AssertionError(f"{request_id} not {want} (v{version}) after {timeout}s: {body}")

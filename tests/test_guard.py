@@ -83,8 +83,10 @@ def test_steered_stream_equals_non_stream(hp: dict, client: openai.OpenAI) -> No
     assert raw.headers["x-guard-action"] == "steer", raw.headers
     chunks = list(client.chat.completions.create(**kwargs, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full.choices[0].message.content
-    guard = chunks[-1].model_extra["guard"]
-    assert guard["action"] == "steer" and guard["policies"] == [f"{hp['id']}@{hp['active_version']}"]
+    # a plain client learns the action and the opaque policy id, nothing else (see test_attacks for the rest)
+    assert chunks[-1].model_extra["guard"] == {"action": "steer", "policies": [hp["id"]], "blocked": []}
+    detailed = client.chat.completions.create(**kwargs, extra_headers={"x-guard-detail": ADMIN_TOKEN})
+    assert detailed.model_extra["guard"]["policies"] == [f"{hp['id']}@{hp['active_version']}"]
 
 
 def test_guard_metadata_and_leak_report(hp: dict, server: Server, client: openai.OpenAI) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from guard_service.policy import tokenization
+from guard_service.runtime.trie import TokenTrie, TrieMatcher
 
 
 def test_every_spelling_of_a_name_is_covered(tokenizer) -> None:
@@ -19,3 +20,57 @@ def test_a_lengthened_final_piece_still_spells_the_name(tokenizer) -> None:
     texts = {tokenizer.decode(list(s)) for s in extended}
     assert " Hina Ameens" in texts
     assert all(t.startswith(" Hina Ameen") and len(t) <= len(" Hina Ameen") + 3 for t in texts)
+
+
+def _spelling_walk(tokenizer, text: str, names: list[str]) -> TrieMatcher:
+    sequences = {s for seqs in tokenization.sequences_for(tokenizer, names).values() for s in seqs}
+    matcher = TrieMatcher(TokenTrie(sequences, tokenization.token_classes(tokenizer)))
+    matcher.seed(tokenizer.encode(text, add_special_tokens=False))
+    return matcher
+
+
+def test_once_a_name_is_begun_every_way_on_is_known(tokenizer) -> None:
+    """The decode-side rule against truncated spellings: after the first characters of a forbidden word, the
+    matcher names every token that goes on with it and says the word is open (so word-continuing pieces are
+    banned too); a separator does not reset it; an unrelated word leaves nothing."""
+    cont = tokenization.token_classes(tokenizer).continues_word
+    ways_on, open_word = _spelling_walk(tokenizer, "She met Herm", ["Hermione"]).committed(3)
+    assert open_word and ways_on, ways_on
+    assert {tokenizer.decode([t]) for t in ways_on} & {"ione", "i", "io", "ion"}
+    assert _spelling_walk(tokenizer, "She met Herm-", ["Hermione"]).committed(3)[1]  # "Herm-ione" stays shut
+    ways_on, _ = _spelling_walk(tokenizer, "written by J.K.", ["J.K. Rowling"]).committed(3)
+    assert any(tokenizer.decode([t]).strip().startswith("R") for t in ways_on)  # " Row", " R", ...
+    assert _spelling_walk(tokenizer, "a row of houses", ["Hermione", "J.K. Rowling"]).committed(3) == (set(), False)
+    assert cont[tokenizer.encode("ione", add_special_tokens=False)[0]]
+    assert not cont[tokenizer.encode(" house", add_special_tokens=False)[0]]
+
+
+def test_names_are_recognised_however_they_are_spelled(tmp_path) -> None:
+    """The output leak detector's (and the classifier's) rules for names spelled in pieces, cut short or bent,
+    on a policy's real forbidden.json, and what they must leave alone (other words, namesakes)."""
+    import json
+
+    from guard_service.runtime.names import name_index, name_leaks
+
+    (tmp_path / "forbidden.json").write_text(json.dumps({"items": [
+        {"text": "Harry Potter", "origin": "target", "split": False},
+        {"text": "J.K. Rowling", "origin": "alias", "split": False},
+        {"text": "Hermione", "origin": "alias", "split": False},
+        {"text": "Justin Bieber", "origin": "alias", "split": False},
+        {"text": "Potter", "origin": "target", "split": True},
+        {"text": "Justin", "origin": "alias", "split": True},
+        {"text": "Hogwarts School", "origin": "fact", "split": False}], "variants": []}))
+    index = name_index(tmp_path)
+
+    def found(text: str) -> list[str]:
+        return [text[s:e] for s, e in name_leaks(text, index, 0, True)]
+
+    for leak in ("J.K.R", "J.K. Rowle", "Hermion", "Hermi", "Harry Potts", "Harry P.", "J K Rowling",
+                 "H a r r y  P o t t e r", "Harry-Potter", "Justin B"):
+        assert found(f"It was {leak} who did it."), leak
+    for fine in ("Just do it.", "the pottery class", "Harry Styles sang", "J.K. Smith", "Herbert",
+                 "Her mother", "Hogwash", "Justin Timberlake"):
+        assert found(fine) in ([], ["Justin"]), (fine, found(fine))  # "Justin" alone is the split word itself
+    assert name_leaks("It was J.K.R", index, 0, final=False) == []  # the last word may still grow: wait
+    whole = name_index(tmp_path, whole_only=True)
+    assert name_leaks("Justin Timberlake", whole, 0, True) == []  # namesakes do not match whole names

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from guard_service.policy.request import Status
+from guard_service.validation import ValidText
 
 
 class Accepted(BaseModel):
@@ -40,27 +41,38 @@ class RequestInfo(BaseModel):
     expires_at: float | None
 
 
+class Enforcement(BaseModel):
+    """What *this* process does with the request's active version (each replica loads it on its own)."""
+
+    state: Literal["enforced", "failed_closed", "not_enforced"]
+    version: int | None = None
+    error: str | None = None
+
+
 class RequestDetail(RequestInfo):
     spec: dict[str, Any]
     removed_expanded: list[str]
     versions: list[VersionInfo]
     forbidden: list[dict[str, Any]] | None = None
     expansion: dict[str, Any] | None = None
+    enforcement: Enforcement
 
 
 class ActivePolicyInfo(BaseModel):
     id: str
     version: int
     key: str
-    target: str
-    action: str
-    threshold: float
-    refuse_threshold: float
-    scope: dict[str, Any]
+    state: Literal["enforced", "failed_closed"]
+    target: str | None = None
+    action: str | None = None
+    threshold: float | None = None
+    refuse_threshold: float | None = None
+    scope: dict[str, Any] | None = None
+    error: str | None = None
 
 
-class ProvenanceQuery(BaseModel):
-    text: str = Field(min_length=1, max_length=1_000_000)
+class ProvenanceQuery(ValidText):
+    text: str = Field(min_length=1, description="at most GUARD_MAX_LOOKUP_CHARS characters")
     policy_id: str | None = None
     min_tokens: int = Field(8, ge=1, le=4096, description="shortest span worth reporting")
 
@@ -77,3 +89,4 @@ class ProvenanceSpan(BaseModel):
 class ProvenanceLookup(BaseModel):
     tokens: int
     spans: list[ProvenanceSpan]
+    truncated: bool = False

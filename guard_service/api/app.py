@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from guard_service import __version__
 from guard_service.api import routes_admin, routes_health, routes_metrics, routes_openai
-from guard_service.api.errors import error_response, install_error_handlers
+from guard_service.api.auth import protected
+from guard_service.api.errors import install_error_handlers
+from guard_service.api.limits import BodyLimit
 from guard_service.config import Settings
 from guard_service.engine import EngineHolder
 from guard_service.policy.compiler import CompileContext
@@ -20,20 +25,33 @@ from guard_service.runtime.guard import Guard
 from guard_service.runtime.logits_processor import FQCN as GUARD_PROCESSOR
 from guard_service.runtime.registry import PolicyRegistry
 from guard_service.serving.ask import engine_asker
+from guard_service.store.audit_sink import AuditSink
 from guard_service.store.sqlite import PolicyStore
 
 log = logging.getLogger(__name__)
 
 
+def _warn_if_open(settings: Settings) -> None:
+    if not settings.api_keys:
+        log.warning("GUARD_API_KEYS is empty: /v1 is open to anyone who can reach %s:%d (policies scoped to "
+                    "tenants apply to every request)", settings.host, settings.port)
+    if not settings.admin_tokens:
+        log.warning("GUARD_ADMIN_TOKENS is empty: the admin API refuses every write")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    store = PolicyStore(settings.path(settings.store_path), settings.store_busy_timeout_s)
+    audit = AuditSink(store, settings.audit_queue_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        _warn_if_open(settings)
         holder = EngineHolder(settings, logits_processors=[GUARD_PROCESSOR])
-        store = PolicyStore(settings.path(settings.store_path))
-        registry = PolicyRegistry(store, settings.refresh_interval_s)
-        registry.refresh()  # a restart enforces every active policy before the first request
+        registry = PolicyRegistry(store, settings.refresh_interval_s, settings.resolved_model_path(),
+                                  settings.metrics_target_names, f"api:{socket.gethostname()}:{os.getpid()}")
+        # A restart enforces every active policy (or fails it closed) before the first request.
+        await asyncio.to_thread(registry.refresh)
 
         built: list[CompileContext] = []  # made once, when the engine is first ready
 
@@ -53,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         scheduler = CompileScheduler(store, compile_context, settings.refresh_interval_s,
                                      on_compiled=lambda *_: registry.refresh())
         app.state.engine, app.state.store, app.state.registry, app.state.scheduler = holder, store, registry, scheduler
-        app.state.guard = Guard(settings, registry, store)
+        app.state.guard = Guard(settings, registry, audit)
         holder.start()
         tasks = [asyncio.create_task(registry.run(), name="policy-registry"),
                  asyncio.create_task(scheduler.run(), name="compile-scheduler")]
@@ -64,28 +82,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             holder.shutdown()
+            await asyncio.to_thread(audit.close)
             store.close()
 
+    docs_open = not settings.docs_auth
     app = FastAPI(title="guard-service", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible LLM serving with inference-time unlearning.")
-    app.state.settings = settings
+                  description="OpenAI-compatible LLM serving with inference-time unlearning.",
+                  docs_url="/docs" if docs_open else None, redoc_url="/redoc" if docs_open else None,
+                  openapi_url="/openapi.json" if docs_open else None)
+    app.state.settings, app.state.audit = settings, audit
     install_error_handlers(app)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > settings.max_request_bytes:
-            return error_response(413, f"request body of {size} bytes exceeds {settings.max_request_bytes}",
-                                  code="request_too_large")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
 
     app.include_router(routes_health.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_metrics.router)
+    if not docs_open:
+        _protected_docs(app)
 
     @app.get("/", include_in_schema=False)
     async def root() -> JSONResponse:
         return JSONResponse({"service": "guard-service", "version": __version__, "docs": "/docs"})
 
     return app
+
+
+def _protected_docs(app: FastAPI) -> None:
+    """The schema and its two viewers behind an admin or viewer bearer token (GUARD_DOCS_AUTH)."""
+    guard = [Depends(protected("docs_auth"))]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guard)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guard)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="guard-service")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=guard)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="guard-service")

@@ -7,12 +7,15 @@ its clients (and the issue tracker's contract) expect for a semantically invalid
 from __future__ import annotations
 
 import logging
+import uuid
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from guard_service.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +30,6 @@ _TYPES = {
     429: "rate_limit_error",
     503: "service_unavailable",
 }
-
-
-class APIError(Exception):
-    """Raise anywhere in a request; the handler turns it into the error body and status."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
@@ -66,9 +61,9 @@ def _describe(exc: RequestValidationError) -> tuple[str, str | None, str]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.param, exc.code)
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -79,9 +74,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+        code = "request_too_large" if exc.status_code == 413 else None
+        return error_response(exc.status_code, detail, code=code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(500, f"Internal server error: {type(exc).__name__}: {exc}", code="internal_error")
+        # The body names an id to find the traceback by, never the exception text (paths, policy content).
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("unhandled error %s", error_id)
+        return error_response(500, f"Internal server error (error id {error_id}).", code="internal_error")

@@ -10,12 +10,15 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from guard_service.validation import ValidText
 
 Stop = str | Annotated[list[str], Field(max_length=16)] | None
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the engine's wire format (msgpack) carries 64-bit integers
 
 
-class _Request(BaseModel):
+class _Request(ValidText):
     model_config = ConfigDict(extra="ignore")
 
 
@@ -31,7 +34,7 @@ class SamplingFields(_Request):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)
     stop: Stop = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     n: int = Field(default=1, ge=1, le=16)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
@@ -71,6 +74,20 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # vLLM extensions: render the conversation without a new assistant turn, or continue the last assistant
+    # message ("prefill"). Either way the guard classifies every message and seeds its decode-time state with
+    # the prompt's tail, so a prefill cannot start a forbidden string for the model to finish.
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+
+    @model_validator(mode="after")
+    def _prefill_is_last_assistant(self) -> ChatCompletionRequest:
+        if self.continue_final_message:
+            if self.add_generation_prompt:
+                raise ValueError("continue_final_message needs add_generation_prompt: false")
+            if self.messages[-1].role != "assistant":
+                raise ValueError("continue_final_message needs the last message to be from the assistant")
+        return self
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

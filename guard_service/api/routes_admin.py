@@ -1,17 +1,25 @@
-"""Admin API (`/admin/v1`): unlearning requests, their versions, revocation, audit and the active set."""
+"""Admin API (`/admin/v1`): unlearning requests, their versions, revocation, audit and the active set.
+
+Thin handlers: every store, file and index access runs off the event loop (`run`), and the operations
+themselves live in `guard_service.service`, shared with the CLI.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
 
+from guard_service import service
 from guard_service.api.admin_schemas import (
     Accepted,
     ActivePolicyInfo,
+    Enforcement,
     ProvenanceLookup,
     ProvenanceQuery,
     ProvenanceSpan,
@@ -21,61 +29,40 @@ from guard_service.api.admin_schemas import (
 )
 from guard_service.api.auth import Reader, Writer
 from guard_service.api.deps import HolderDep, SettingsDep
-from guard_service.api.errors import APIError
-from guard_service.config import Settings
+from guard_service.errors import ServiceError
 from guard_service.policy.request import Status, UnlearningPatch, UnlearningRequest
 from guard_service.runtime.suffix_index import SuffixIndex
 from guard_service.store.sqlite import AuditRow, PolicyStore, RequestRow
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
+T = TypeVar("T")
+MAX_SPANS = 200
+
+
+async def run(fn: Callable[..., T], *args: Any) -> T:
+    """Blocking work (SQLite, files, suffix arrays) off the event loop."""
+    return await asyncio.to_thread(fn, *args)
 
 
 def _store(request: Request) -> PolicyStore:
     return request.app.state.store
 
 
-def check_documents(settings: Settings, spec: UnlearningRequest) -> None:
-    """Size and path checks before anything is stored: a rejected request leaves no trace but the 4xx."""
-    size = sum(len(d.encode()) for d in spec.protected_documents)
-    if size > settings.max_document_bytes:
-        raise APIError(413, f"protected documents total {size} bytes; the limit is {settings.max_document_bytes}",
-                       param="protected_documents", code="documents_too_large")
-    root = settings.path(settings.indexes_dir)
-    for p in spec.protected_paths:
-        resolved = (root / p).resolve()
-        if not resolved.is_relative_to(root) or not resolved.exists():
-            raise APIError(422, f"protected path {p!r} must exist under the indexes directory {root}",
-                           param="protected_paths", code="invalid_path")
-
-
 def _info(row: RequestRow) -> RequestInfo:
     return RequestInfo(**row.model_dump(exclude={"spec", "removed_expanded"}))
-
-
-def _require(store: PolicyStore, request_id: str) -> RequestRow:
-    row = store.get(request_id)
-    if row is None:
-        raise APIError(404, f"no unlearning request {request_id!r}", param="id", code="not_found")
-    return row
-
-
-def submit(store: PolicyStore, settings: Settings, spec: UnlearningRequest, actor: str) -> str:
-    check_documents(settings, spec)
-    return store.create(spec.model_dump(mode="json"), actor,
-                        spec.expires_at.timestamp() if spec.expires_at else None)
 
 
 @router.post("/unlearning-requests", status_code=202, response_model=Accepted)
 async def create_request(body: UnlearningRequest, request: Request, settings: SettingsDep,
                          principal: Writer) -> Accepted:
-    request_id = submit(_store(request), settings, body, principal.name)
+    request_id = await run(service.submit, _store(request), settings, body, principal.name)
     request.app.state.scheduler.wake.set()
     return Accepted(id=request_id, version=1, status=Status.pending)
 
 
 @router.get("/unlearning-requests", response_model=list[RequestInfo])
 async def list_requests(request: Request, _: Reader, status: Status | None = None) -> list[RequestInfo]:
-    return [_info(r) for r in _store(request).list(status)]
+    return [_info(r) for r in await run(_store(request).list, status)]
 
 
 def _version_info(v: Any) -> VersionInfo:
@@ -86,51 +73,63 @@ def _version_info(v: Any) -> VersionInfo:
                        artifact_bytes={k: f["bytes"] for k, f in manifest.get("files", {}).items()} or None)
 
 
-@router.get("/unlearning-requests/{request_id}", response_model=RequestDetail)
-async def get_request(request_id: str, request: Request, _: Reader) -> RequestDetail:
-    store = _store(request)
-    row = _require(store, request_id)
+def _detail(store: PolicyStore, request_id: str) -> tuple[RequestRow, list[Any], Any, Any]:
+    row = service.require(store, request_id)
     versions = store.versions(request_id)
     shown = next((v for v in versions if v.version == row.active_version), None)
     forbidden = expansion = None
     if shown is not None and shown.artifact_dir and (Path(shown.artifact_dir) / "forbidden.json").is_file():
         data = json.loads((Path(shown.artifact_dir) / "forbidden.json").read_text())
         forbidden, expansion = data["items"], data["expansion"]
+    return row, versions, forbidden, expansion
+
+
+def _enforcement(request: Request, request_id: str) -> Enforcement:
+    registry = request.app.state.registry
+    loaded = next((p for p in registry.active() if p.id == request_id), None)
+    if loaded is not None:
+        return Enforcement(state="enforced", version=loaded.version)
+    failed = next((f for f in registry.failed_closed() if f.id == request_id), None)
+    if failed is not None:
+        return Enforcement(state="failed_closed", version=failed.version, error=failed.error)
+    return Enforcement(state="not_enforced")
+
+
+@router.get("/unlearning-requests/{request_id}", response_model=RequestDetail)
+async def get_request(request_id: str, request: Request, _: Reader) -> RequestDetail:
+    row, versions, forbidden, expansion = await run(_detail, _store(request), request_id)
     return RequestDetail(**_info(row).model_dump(), spec=row.spec, removed_expanded=row.removed_expanded,
-                         versions=[_version_info(v) for v in versions], forbidden=forbidden, expansion=expansion)
+                         versions=[_version_info(v) for v in versions], forbidden=forbidden, expansion=expansion,
+                         enforcement=_enforcement(request, request_id))
 
 
 @router.patch("/unlearning-requests/{request_id}", status_code=202, response_model=Accepted)
 async def patch_request(request_id: str, body: UnlearningPatch, request: Request, settings: SettingsDep,
                         principal: Writer) -> Accepted:
-    store = _store(request)
-    row = _require(store, request_id)
-    changes = body.model_dump(exclude_unset=True, exclude={"remove_expanded"}, mode="json")
-    spec = UnlearningRequest.model_validate({**row.spec, **changes})
-    check_documents(settings, spec)
-    removed = list(dict.fromkeys([*row.removed_expanded, *body.remove_expanded]))
-    try:
-        version = store.add_version(request_id, spec.model_dump(mode="json"), removed, principal.name,
-                                    spec.expires_at.timestamp() if spec.expires_at else None)
-    except ValueError as exc:
-        raise APIError(409, str(exc), code="not_patchable") from exc
+    version = await run(service.patch, _store(request), settings, request_id, body, principal.name)
+    request.app.state.scheduler.wake.set()
+    return Accepted(id=request_id, version=version, status=Status.pending)
+
+
+@router.post("/unlearning-requests/{request_id}/recompile", status_code=202, response_model=Accepted)
+async def recompile_request(request_id: str, request: Request, principal: Writer) -> Accepted:
+    """A new version with the same spec, compiled for the model served now (after a model change)."""
+    version = await run(service.recompile, _store(request), request_id, principal.name)
     request.app.state.scheduler.wake.set()
     return Accepted(id=request_id, version=version, status=Status.pending)
 
 
 @router.delete("/unlearning-requests/{request_id}", response_model=RequestInfo)
 async def revoke_request(request_id: str, request: Request, principal: Writer) -> RequestInfo:
-    store = _store(request)
-    _require(store, request_id)
-    store.revoke(request_id, principal.name)
-    request.app.state.registry.refresh()
-    return _info(_require(store, request_id))
+    row = await run(service.revoke, _store(request), request_id, principal.name)
+    await run(request.app.state.registry.refresh)
+    return _info(row)
 
 
 @router.get("/audit", response_model=list[AuditRow])
 async def audit(request: Request, _: Reader, request_id: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=10000)] = 500) -> list[AuditRow]:
-    return _store(request).audit(request_id, limit)
+    return await run(_store(request).audit, request_id, limit)
 
 
 @functools.lru_cache(maxsize=64)
@@ -138,17 +137,8 @@ def _suffix_index(path: Path) -> SuffixIndex:
     return SuffixIndex(path)
 
 
-@router.post("/provenance/lookup", response_model=ProvenanceLookup)
-async def provenance_lookup(body: ProvenanceQuery, request: Request, holder: HolderDep,
-                            _: Reader) -> ProvenanceLookup:
-    """Where does this text come from? Its longest verbatim spans in each protected corpus."""
-    tokenizer = holder.require().get_tokenizer()
+def _lookup(tokenizer: Any, policies: list[Any], body: ProvenanceQuery) -> ProvenanceLookup:
     ids = tokenizer.encode(body.text, add_special_tokens=False)
-    policies = [p for p in request.app.state.registry.active()
-                if p.manifest.provenance and (body.policy_id is None or p.id == body.policy_id)]
-    if body.policy_id is not None and not policies:
-        raise APIError(404, f"no active policy {body.policy_id!r} with protected documents", param="policy_id",
-                       code="not_found")
     spans = []
     for policy in policies:
         index = _suffix_index(policy.path / "provenance")
@@ -158,12 +148,31 @@ async def provenance_lookup(body: ProvenanceQuery, request: Request, holder: Hol
                 occurrences=interval[1] - interval[0],
                 locations=[{"document": o.document, "offset": o.offset} for o in index.locate(interval)]))
     spans.sort(key=lambda s: -s.tokens)
-    return ProvenanceLookup(tokens=len(ids), spans=spans)
+    return ProvenanceLookup(tokens=len(ids), spans=spans[:MAX_SPANS], truncated=len(spans) > MAX_SPANS)
+
+
+@router.post("/provenance/lookup", response_model=ProvenanceLookup)
+async def provenance_lookup(body: ProvenanceQuery, request: Request, holder: HolderDep, settings: SettingsDep,
+                            _: Reader) -> ProvenanceLookup:
+    """Where does this text come from? Its longest verbatim spans in each protected corpus."""
+    if len(body.text) > settings.max_lookup_chars:
+        raise ServiceError(422, f"text of {len(body.text)} characters; a lookup takes at most "
+                                f"{settings.max_lookup_chars}", param="text", code="text_too_long")
+    tokenizer = holder.require().get_tokenizer()
+    policies = [p for p in request.app.state.registry.active()
+                if p.manifest.provenance and (body.policy_id is None or p.id == body.policy_id)]
+    if body.policy_id is not None and not policies:
+        raise ServiceError(404, f"no active policy {body.policy_id!r} with protected documents", param="policy_id",
+                           code="not_found")
+    return await run(_lookup, tokenizer, policies, body)
 
 
 @router.get("/policies/active", response_model=list[ActivePolicyInfo])
 async def active_policies(request: Request, _: Reader) -> list[ActivePolicyInfo]:
+    registry = request.app.state.registry
     return [ActivePolicyInfo(id=p.id, version=p.version, key=p.key, target=p.spec.target, action=p.action.value,
                              threshold=p.threshold, refuse_threshold=p.refuse_threshold,
-                             scope=p.spec.scope.model_dump())
-            for p in request.app.state.registry.active()]
+                             scope=p.spec.scope.model_dump(), state="enforced")
+            for p in registry.active()] + [
+        ActivePolicyInfo(id=f.id, version=f.version, key=f.key, scope=f.scope.model_dump() if f.scope else None,
+                         state="failed_closed", error=f.error) for f in registry.failed_closed()]

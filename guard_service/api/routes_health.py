@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from guard_service import __version__
@@ -15,11 +15,17 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def health(holder: HolderDep) -> JSONResponse:
-    """200 once the engine serves; 503 while it starts, after it failed to start, or once it died."""
+async def health(request: Request, holder: HolderDep) -> JSONResponse:
+    """200 once the engine serves; 503 while it starts, after it failed to start, or once it died. `degraded`
+    (still 200: this replica refuses correctly, and every replica would fail the same way) names the active
+    policies this process cannot load and therefore refuses requests for; their reasons are in the admin API."""
     if holder.ready:
-        return JSONResponse({"status": "ok", "uptime_s": round(time.time() - holder.started_at, 1),
-                             "unfinished_requests": holder.engine.get_num_unfinished_requests()})
+        failed = [f.id for f in request.app.state.registry.failed_closed()]
+        body = {"status": "degraded" if failed else "ok", "uptime_s": round(time.time() - holder.started_at, 1),
+                "unfinished_requests": holder.engine.get_num_unfinished_requests()}
+        if failed:
+            body["failed_closed_policies"] = failed
+        return JSONResponse(body)
     if holder.engine is not None:
         return error_response(503, f"engine is dead: {holder.engine.dead_error}", code="engine_dead")
     if holder.error is not None:

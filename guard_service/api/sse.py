@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from guard_service.api.errors import APIError, error_body
+from guard_service.api.errors import error_body
+from guard_service.errors import ServiceError
 
+log = logging.getLogger(__name__)
 DONE = "data: [DONE]\n\n"
 
 
@@ -27,8 +30,11 @@ async def _framed(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
     try:
         async for chunk in chunks:
             yield event(chunk)
-    except APIError as exc:  # headers are gone: report in-band, as OpenAI does
+    except ServiceError as exc:  # headers are gone: report in-band, as OpenAI does
         yield event(error_body(exc.status, exc.message, exc.param, exc.code))
+    except Exception:  # never the exception's text: it may name paths or policy content
+        log.exception("stream failed")
+        yield event(error_body(500, "Internal server error while streaming.", code="internal_error"))
     yield DONE
 
 

@@ -15,7 +15,7 @@ import httpx
 from pydantic import BaseModel, Field
 from tqdm.asyncio import tqdm_asyncio
 
-from guard_service.runtime.guard import BYPASS_HEADER
+from guard_service.auth import BYPASS_HEADER, DETAIL_HEADER
 
 T = TypeVar("T")
 
@@ -33,15 +33,17 @@ class Answer(BaseModel):
 
 
 class EvalClient:
-    def __init__(self, base_url: str, admin_token: str, *, concurrency: int = 16, timeout: float = 600):
+    def __init__(self, base_url: str, admin_token: str, *, concurrency: int = 16, timeout: float = 600,
+                 api_key: str | None = None):
         self.admin_token = admin_token
+        self.client_auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}  # /v1 with GUARD_API_KEYS
         self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout,
                                       headers={"Authorization": f"Bearer {admin_token}"})
         self.slots = asyncio.Semaphore(concurrency)
         self.model = ""
 
     async def __aenter__(self) -> EvalClient:
-        r = await self._ok(self.http.get("/v1/models"))
+        r = await self._ok(self.http.get("/v1/models", headers=self.client_auth))
         self.model = r.json()["data"][0]["id"]
         return self
 
@@ -69,7 +71,9 @@ class EvalClient:
             info = (await self._ok(self.http.get(f"/admin/v1/unlearning-requests/{request_id}"))).json()
             if info["status"] == "failed":
                 raise RuntimeError(f"policy for {info['target']!r} failed to compile: {info['last_error']}")
-            if info["status"] == "active" and info["active_version"] == info["latest_version"]:
+            enforced = info.get("enforcement", {})
+            if (info["status"] == "active" and info["active_version"] == info["latest_version"]
+                    and enforced.get("state") == "enforced" and enforced.get("version") == info["active_version"]):
                 return
             await asyncio.sleep(0.25)
         raise TimeoutError(f"unlearning request {request_id} not active after {wait_s:.0f}s")
@@ -84,7 +88,8 @@ class EvalClient:
         return max((s["tokens"] for s in r.json()["spans"]), default=0)
 
     async def _answer(self, path: str, body: dict[str, Any], guarded: bool) -> Answer:
-        headers = {} if guarded else {BYPASS_HEADER: self.admin_token}
+        # Guarded answers ask for the guard's full detail (a plain client sees only the action).
+        headers = {**self.client_auth, DETAIL_HEADER if guarded else BYPASS_HEADER: self.admin_token}
         async with self.slots:
             r = await self._ok(self.http.post(path, json={"model": self.model, "temperature": 0, **body},
                                               headers=headers))

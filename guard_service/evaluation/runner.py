@@ -34,7 +34,8 @@ async def run_suites(args: argparse.Namespace) -> None:
         client, server = None, {}
         if online:
             client = await stack.enter_async_context(
-                EvalClient(args.base_url, args.admin_token or "", concurrency=args.concurrency))
+                EvalClient(args.base_url, args.admin_token or "", concurrency=args.concurrency,
+                           api_key=args.api_key))
             server = await client.server_info()
         for name in dict.fromkeys(args.suite):
             result = await SUITES[name](options).run(client)

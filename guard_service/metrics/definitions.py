@@ -11,12 +11,22 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 MS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
-REQUESTS = Counter("guard_requests_total", "Generation requests by guard decision", ["decision", "endpoint"])
+REQUESTS = Counter("guard_requests_total", "Generation requests by guard decision and client tenant",
+                   ["decision", "endpoint", "tenant"])
 CLASSIFIER_SCORE = Histogram("guard_classifier_score", "Best classifier similarity per request and policy",
                              ["policy"], buckets=SCORE_BUCKETS)
 CLASSIFIER_SECONDS = Histogram("guard_classifier_duration_seconds", "Prompt classifier time per request",
                                buckets=MS_BUCKETS)
-POLICY_MATCHES = Counter("guard_policy_matches_total", "Requests a policy matched", ["policy", "target"])
+# Policies are labelled by their opaque id; target names appear only in guard_policy_info, and only where an
+# operator opted in (GUARD_METRICS_TARGET_NAMES): /metrics must not publish what was forgotten.
+POLICY_MATCHES = Counter("guard_policy_matches_total", "Requests a policy matched", ["policy"])
+POLICY_INFO = Gauge("guard_policy_info", "1 per active policy, naming its target (opt-in)", ["policy", "target"],
+                    multiprocess_mode="liveall")
+POLICIES_FAILED = Gauge("guard_policies_failed_closed", "Active policies this process cannot load (it refuses what "
+                        "they apply to)", multiprocess_mode="liveall")
+AUTH_FAILURES = Counter("guard_auth_failures_total", "Requests refused for a missing or invalid credential",
+                        ["surface"])
+AUDIT_DROPPED = Counter("guard_audit_dropped_total", "Audit rows dropped because the write queue was full")
 REFUSALS = Counter("guard_refusals_total", "Refused choices by reason", ["reason"])
 LEAKS = Counter("guard_leaks_total", "Forgotten content found in generated text", ["policy", "kind"])
 ACTIVE_POLICIES = Gauge("guard_active_policies", "Policies this process enforces", multiprocess_mode="liveall")

@@ -1,32 +1,37 @@
-"""Turn what the request path knows into metric updates (API process)."""
+"""Turn what the request path knows into metric updates (API process). Policies are labelled by id only."""
 
 from __future__ import annotations
 
 from guard_service.metrics import definitions as m
 from guard_service.runtime.decision import GuardDecision, Verdict
 
+ANONYMOUS = "anonymous"
 
-def decision(d: GuardDecision, endpoint: str) -> None:
-    m.REQUESTS.labels(d.verdict.value, endpoint).inc()
-    if d.bypassed_by is None and d.scores:
-        m.CLASSIFIER_SECONDS.observe(d.classifier_ms / 1000)
-        for key, score in d.scores.items():
+
+def decisions(ds: list[GuardDecision], endpoint: str, tenant: str | None) -> None:
+    """One count per prompt decision; the classifier's time once per request."""
+    timed = [d for d in ds if d.bypassed_by is None and d.scores]
+    if timed:
+        m.CLASSIFIER_SECONDS.observe(timed[0].classifier_ms / 1000)
+    for d in ds:
+        m.REQUESTS.labels(d.verdict.value, endpoint, tenant or ANONYMOUS).inc()
+        for key, score in (d.scores.items() if d.bypassed_by is None else ()):
             m.CLASSIFIER_SCORE.labels(key.split("@")[0]).observe(score)
-    for match in d.matches:
-        m.POLICY_MATCHES.labels(match.policy.id, match.policy.spec.target).inc()
-    if d.verdict is Verdict.refuse:
-        m.REFUSALS.labels("classifier").inc()
+        for match in d.matches:
+            m.POLICY_MATCHES.labels(match.policy.id).inc()
+        if d.verdict is Verdict.refuse:
+            m.REFUSALS.labels(d.reason).inc()
 
 
-def outcome(summary: dict, output_tokens: int) -> None:
-    """`summary`: the guard object of a finished response (see OutputGuard.summary)."""
-    m.OUTPUT_TOKENS.labels(summary["action"]).inc(output_tokens)
-    for leak in summary.get("leaks", []):
+def outcome(detail: dict, output_tokens: int) -> None:
+    """`detail`: the full guard account of a finished response (see OutputGuard.detail)."""
+    m.OUTPUT_TOKENS.labels(detail["action"]).inc(output_tokens)
+    for leak in detail.get("leaks", []):
         m.LEAKS.labels(leak["policy"].split("@")[0], leak["kind"]).inc()
-    if summary.get("blocked"):
-        m.REFUSALS.labels("leak_blocked").inc(len(summary["blocked"]))
-    if summary.get("failed_closed"):
-        m.REFUSALS.labels("failed_closed").inc(summary["failed_closed"])
+    if detail.get("blocked"):
+        m.REFUSALS.labels("leak_blocked").inc(len(detail["blocked"]))
+    if detail.get("failed_closed"):
+        m.REFUSALS.labels("failed_closed").inc(detail["failed_closed"])
 
 
 def latency(endpoint: str, guarded: bool, seconds: float, ttft: float | None) -> None:

@@ -19,6 +19,7 @@ into place, so readers (other replicas, engine workers) never see half a policy 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -114,6 +115,54 @@ def verify(path: Path) -> list[str]:
         if not f.is_file() or f.stat().st_size != entry.bytes or sha256_file(f) != entry.sha256:
             bad.append(name)
     return bad
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: Path, mtime_ns: int, size: int) -> str:
+    return sha256_file(path)
+
+
+def _digest(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    st = path.stat()
+    return _file_digest(path, st.st_mtime_ns, st.st_size)
+
+
+def tokenizer_identity(model_dir: Path, tokenizer: Any) -> dict[str, Any]:
+    return {"name_or_path": str(getattr(tokenizer, "name_or_path", model_dir)), "vocab_size": len(tokenizer),
+            "tokenizer_json_sha256": _digest(model_dir / "tokenizer.json")}
+
+
+def model_identity(model_dir: Path, served_model_name: str) -> dict[str, Any]:
+    return {"served_model_name": served_model_name, "path": str(model_dir),
+            "config_sha256": _digest(model_dir / "config.json")}
+
+
+def identity_mismatch(manifest: Manifest, model_dir: Path) -> str | None:
+    """Why a version cannot be enforced on the model served from `model_dir` (its token ids and embeddings
+    would mean other words), or None. Paths and names may differ between replicas; file contents may not."""
+    checks = (("tokenizer", manifest.tokenizer.get("tokenizer_json_sha256"), _digest(model_dir / "tokenizer.json")),
+              ("model config", manifest.model.get("config_sha256"), _digest(model_dir / "config.json")))
+    for what, compiled, served in checks:
+        if compiled != served:
+            return (f"compiled for another {what} (sha256 {str(compiled)[:12]}, served {str(served)[:12]}); "
+                    "recompile it: guard-service policies recompile")
+    return None
+
+
+def open_verified(path: Path, model_dir: Path | None = None) -> Manifest:
+    """The manifest of an intact version folder, else ValueError saying what is wrong: files that differ from
+    their sha256, a format this code does not read, or (given `model_dir`) another model's tokenizer."""
+    manifest = read_manifest(path)
+    if manifest.format_version != FORMAT_VERSION:
+        raise ValueError(f"artifact format {manifest.format_version}, this server reads {FORMAT_VERSION}")
+    bad = verify(path)
+    if bad:
+        raise ValueError(f"artifact files differ from the manifest: {', '.join(bad)}")
+    if model_dir is not None and (why := identity_mismatch(manifest, model_dir)):
+        raise ValueError(why)
+    return manifest
 
 
 def load_sequences(path: Path, whole_only: bool = False) -> list[list[int]]:

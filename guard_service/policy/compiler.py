@@ -14,7 +14,7 @@ import numpy as np
 
 from guard_service.embedding import EMBEDDER_NAME
 from guard_service.policy import classifier_data, forbidden, provenance, semantic, tokenization
-from guard_service.policy.artifacts import ArtifactWriter, Manifest, sha256_file
+from guard_service.policy.artifacts import ArtifactWriter, Manifest, model_identity, tokenizer_identity
 from guard_service.policy.expansion import AskModel, Expansion, expand
 from guard_service.policy.request import UnlearningRequest
 
@@ -31,19 +31,6 @@ class CompileContext:
     tokenizer: Any
     ask_model: AskModel | None = None
     max_document_bytes: int = 64 * 1024 * 1024
-
-
-def _tokenizer_identity(ctx: CompileContext) -> dict[str, Any]:
-    tok_file = ctx.model_dir / "tokenizer.json"
-    return {"name_or_path": str(getattr(ctx.tokenizer, "name_or_path", ctx.model_dir)),
-            "vocab_size": len(ctx.tokenizer),
-            "tokenizer_json_sha256": sha256_file(tok_file) if tok_file.is_file() else None}
-
-
-def _model_identity(ctx: CompileContext) -> dict[str, Any]:
-    config = ctx.model_dir / "config.json"
-    return {"served_model_name": ctx.served_model_name, "path": str(ctx.model_dir),
-            "config_sha256": sha256_file(config) if config.is_file() else None}
 
 
 def warm_caches(ctx: CompileContext) -> None:
@@ -148,7 +135,8 @@ def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRe
 
         manifest = Manifest(
             policy_id=policy_id, version=version, target=spec.target, action=spec.action.value,
-            strength=spec.strength.model_dump(), tokenizer=_tokenizer_identity(ctx), model=_model_identity(ctx),
+            strength=spec.strength.model_dump(), tokenizer=tokenizer_identity(ctx.model_dir, ctx.tokenizer),
+            model=model_identity(ctx.model_dir, ctx.served_model_name),
             embedder=EMBEDDER_NAME, calibration={**clf.calibration, "refuse_threshold": refuse_at},
             provenance=prov,
             stats={"forbidden_items": len(items), "variants": len(strings), "sequences": len(sequences),

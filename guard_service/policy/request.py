@@ -12,8 +12,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from guard_service.validation import ValidText
+
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+PathText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300,
+                                            pattern=r"^[^\x00]+$")]
 
 
 class TargetKind(StrEnum):
@@ -59,10 +63,11 @@ class Scope(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[ShortText] = Field(default_factory=list, description="served model names; empty = all")
-    api_keys: list[ShortText] = Field(default_factory=list, description="client API keys; empty = all")
+    api_keys: list[ShortText] = Field(
+        default_factory=list, description="tenant names (keys of GUARD_API_KEYS, never the keys); empty = all")
 
 
-class UnlearningRequest(BaseModel):
+class UnlearningRequest(ValidText):
     model_config = ConfigDict(extra="forbid")
 
     target: ShortText
@@ -72,7 +77,7 @@ class UnlearningRequest(BaseModel):
     facts: list[NonEmpty] = Field(default_factory=list, max_length=500)
     example_prompts: list[NonEmpty] = Field(default_factory=list, max_length=500)
     protected_documents: list[str] = Field(default_factory=list, max_length=1000)
-    protected_paths: list[ShortText] = Field(
+    protected_paths: list[PathText] = Field(
         default_factory=list, description="server-side files or folders under the indexes/ directory")
     retain_examples: list[NonEmpty] = Field(default_factory=list, max_length=500)
     action: Action = Action.steer
@@ -105,7 +110,7 @@ class UnlearningRequest(BaseModel):
         return self.kind in (TargetKind.entity, TargetKind.topic)
 
 
-class UnlearningPatch(BaseModel):
+class UnlearningPatch(ValidText):
     """Fields to change; anything left out keeps its value. `remove_expanded` drops reviewed expansions."""
 
     model_config = ConfigDict(extra="forbid")

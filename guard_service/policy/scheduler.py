@@ -39,7 +39,7 @@ class CompileScheduler:
         self._warm = False
 
     async def run(self) -> None:
-        self.store.release_stale_claims(STALE_CLAIM_S)
+        await asyncio.to_thread(self.store.release_stale_claims, STALE_CLAIM_S)
         while True:
             try:
                 await self.tick()
@@ -52,7 +52,8 @@ class CompileScheduler:
             self.wake.clear()
 
     async def tick(self) -> None:
-        expired = self.store.expire_due()
+        """Every store call runs off the event loop: a locked store delays compiles, never requests."""
+        expired = await asyncio.to_thread(self.store.expire_due)
         if expired:
             log.info("expired policies: %s", expired)
         ctx = self.context()
@@ -61,8 +62,8 @@ class CompileScheduler:
         if not self._warm:
             await asyncio.to_thread(warm_caches, ctx)
             self._warm = True
-        for row in self.store.pending():
-            if self.store.claim(row.request_id, row.version, self.worker):
+        for row in await asyncio.to_thread(self.store.pending):
+            if await asyncio.to_thread(self.store.claim, row.request_id, row.version, self.worker):
                 await self.compile_one(ctx, row.request_id, row.version, row.spec)
 
     async def compile_one(self, ctx: CompileContext, request_id: str, version: int, spec: dict) -> None:
@@ -76,20 +77,25 @@ class CompileScheduler:
         except Exception as exc:
             log.exception("compile of %s v%d failed", request_id, version)
             metrics.COMPILE_FAILURES.inc()
-            self.store.fail(request_id, version, f"{type(exc).__name__}: {exc}")
+            await asyncio.to_thread(self.store.fail, request_id, version, f"{type(exc).__name__}: {exc}")
             return
         path = str(ctx.policies_dir / request_id / f"v{version}")
-        activated = self.store.activate(request_id, version, path, manifest.model_dump())
         seconds = time.perf_counter() - began
+
+        def activate() -> bool:  # and reload at once: this process enforces it a moment after the store says so
+            done = self.store.activate(request_id, version, path, manifest.model_dump())
+            if self.on_compiled:
+                self.on_compiled(request_id, version, seconds)
+            return done
+
+        activated = await asyncio.to_thread(activate)
         log.info("compiled %s v%d in %.2fs", request_id, version, seconds)
         for stage, stage_s in manifest.stats["seconds"].items():
             metrics.COMPILE_SECONDS.labels(stage).observe(stage_s)
-        if self.on_compiled:
-            self.on_compiled(request_id, version, seconds)
         if activated and request.expand_knowledge() and not expand:
-            row = self.store.get(request_id)
+            row = await asyncio.to_thread(self.store.get, request_id)
             if row is not None and row.latest_version == version:  # no newer patch is waiting
                 with contextlib.suppress(ValueError):  # revoked meanwhile
-                    self.store.add_version(request_id, request.model_dump(mode="json"), removed, "compiler",
-                                           row.expires_at, expand=True, action="expand")
+                    await asyncio.to_thread(self.store.add_version, request_id, request.model_dump(mode="json"),
+                                            removed, "compiler", row.expires_at, expand=True, action="expand")
                 self.wake.set()

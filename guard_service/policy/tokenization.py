@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 MAX_EXTRA_TOKENS = 1  # segmentations up to canonical length + this
 MAX_SUFFIX_CHARS = 3  # "en" -> "ens", "en's": a final piece with a few more letters still spells the name
 MAX_PER_STRING = 32
+NAME_SEPARATORS = frozenset(".-'’·")  # what may split the letters of a name ("Herm-ione", "J.K.R")
 _EXPLORE = 512  # segmentations enumerated before the shortest MAX_PER_STRING are kept
 
 
@@ -28,6 +32,35 @@ def surfaces(tokenizer: Any) -> tuple[dict[str, list[int]], int]:
         if t and "\ufffd" not in t and i not in special:
             table.setdefault(t, []).append(i)
     return table, max(len(t) for t in table)
+
+
+@dataclass(frozen=True, eq=False)
+class TokenClasses:
+    """Per vocabulary id, how its surface text begins and ends: what word-level rules over token sequences need
+    (a token that starts with a letter continues the word before it; one that starts with a space begins one)."""
+
+    continues_word: np.ndarray  # bool[V]: starts with a letter, no leading space
+    ends_in_letter: np.ndarray  # bool[V]
+    chars: np.ndarray  # int32[V]: surface length, leading spaces not counted
+    separator: np.ndarray  # bool[V]: only what may split a name's letters (".", "-", an apostrophe, spaces)
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+
+@functools.lru_cache(maxsize=4)
+def token_classes(tokenizer: Any) -> TokenClasses:
+    table, _ = surfaces(tokenizer)
+    size = len(tokenizer)
+    cont, ends, chars = np.zeros(size, bool), np.zeros(size, bool), np.zeros(size, np.int32)
+    sep = np.zeros(size, bool)
+    for text, ids in table.items():
+        stripped = text.lstrip()
+        cont[ids] = text[:1].isalpha()
+        ends[ids] = text[-1:].isalpha()
+        chars[ids] = len(stripped)
+        sep[ids] = bool(stripped) and all(c in NAME_SEPARATORS for c in stripped) and len(stripped) <= 2
+    return TokenClasses(cont, ends, chars, sep)
 
 
 @functools.lru_cache(maxsize=4)

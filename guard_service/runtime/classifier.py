@@ -7,21 +7,27 @@ only with lexical evidence (a name, place, title or number from what the policy 
 confident threshold: same-domain prompts (another author, the same question shape) score high semantically
 but share no evidence. Evidence is checked for what it names: one word of the target's name inside a different
 name ("Justin" in "Justin Timberlake", "Marais" in "Elsie Marais Van der Westhuizen") is someone else, and a bare
-number (a birth year) is shared by too many people to count alone. The prompt is embedded once for all
-policies; its normal forms are computed once.
+number (a birth year) is shared by too many people to count alone.
+
+The classifier reads everything the model conditions on: every message of every role, each on its own (windowed
+when long, so a long prefix cannot dilute the question) and windows over the whole conversation (a question
+split across turns). The views are embedded once for all policies; the text's normal forms are computed once.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 from rapidfuzz import fuzz
 
 from guard_service.embedding import embed
+from guard_service.runtime.names import name_index, name_leaks, units_of
 from guard_service.runtime.registry import ActivePolicy
 
 _SWAPS = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i",
@@ -109,6 +115,16 @@ class _Text:
     def names(self) -> list[tuple[str, ...]]:
         return _name_runs(self.raw)
 
+    @functools.cached_property
+    def units(self) -> list[tuple[str, int, int]]:
+        return units_of(self.raw)
+
+
+def partial_name_reason(text: _Text, policy: ActivePolicy) -> str | None:
+    """A whole name of the target spelled in pieces or cut short ("J.K. R", "Harry Pot", "Hermi-one")."""
+    spans = name_leaks(text.raw, name_index(policy.path, whole_only=True), 0, True, text.units)
+    return f"alias-partial:{text.raw[spans[0][0]:spans[0][1]]}" if spans else None
+
 
 def lexical_reason(text: _Text, aliases: list[str]) -> str | None:
     for alias in aliases:
@@ -120,7 +136,10 @@ def lexical_reason(text: _Text, aliases: list[str]) -> str | None:
         if len(s) >= 4 and (s in text.squashed or s in text.swapped):
             return f"alias-obfuscated:{alias}"
     for alias in aliases:
-        if len(alias) >= FUZZY_MIN_LEN and fuzz.partial_ratio(alias.casefold(), text.raw_cf) >= FUZZY_MIN_SCORE:
+        # partial_ratio slides the shorter string over the longer: a text shorter than the alias ("a") would be
+        # compared with a piece of the alias and match it.
+        if (len(alias) >= FUZZY_MIN_LEN and len(text.raw_cf) >= len(alias)
+                and fuzz.partial_ratio(alias.casefold(), text.raw_cf) >= FUZZY_MIN_SCORE):
             return f"alias-fuzzy:{alias}"
     return None
 
@@ -171,30 +190,96 @@ def evidence_reason(text: _Text, policy: ActivePolicy) -> str | None:
     return f"evidence:{numbers[0]}+{corroborating[0]}" if corroborating else None
 
 
-@functools.lru_cache(maxsize=4096)
-def _embed_cached(views: tuple[str, ...]) -> np.ndarray:
-    """Repeated prompts (retries, n>1 fan-out, popular questions) skip the embedder."""
-    vectors = embed(list(views))
-    vectors.setflags(write=False)
-    return vectors
+class EmbeddingCache:
+    """View text -> vector, LRU-bounded: repeated prompts (retries, n>1 fan-out, popular questions, the same
+    system prompt on every request) skip the embedder; the rest are embedded in one batch."""
+
+    def __init__(self, capacity: int = 8192):
+        self.capacity = capacity
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, views: list[str]) -> np.ndarray:
+        with self._lock:
+            missing = list(dict.fromkeys(v for v in views if v not in self._items))
+        fresh = dict(zip(missing, embed(missing), strict=True)) if missing else {}
+        with self._lock:
+            self._items.update(fresh)
+            out = np.stack([self._items[v] if v in self._items else fresh[v] for v in views])
+            for v in views:
+                if v in self._items:
+                    self._items.move_to_end(v)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
 
-def classify(turns: list[str], policies: list[ActivePolicy]) -> Classification:
-    """`turns`: the user turns, oldest first. The last turn alone and the last three together are embedded,
-    so a probe split over several turns is still caught."""
+EMBEDDINGS = EmbeddingCache()
+WINDOW_WORDS = 48
+
+
+def _windows(text: str, size: int) -> list[str]:
+    """`text` itself when short, else overlapping windows of `size` words (stride size/2, the last one flush
+    with the end): a question inside a long message or behind a long prefix is read on its own, not diluted."""
+    words = text.split()
+    if len(words) <= size:
+        return [text.strip()]
+    stride = max(1, size // 2)
+    starts = list(range(0, len(words) - size + 1, stride))
+    if starts[-1] != len(words) - size:
+        starts.append(len(words) - size)
+    return [" ".join(words[s:s + size]) for s in starts]
+
+
+def views(segments: list[str], window_words: int = WINDOW_WORDS) -> list[str]:
+    """What the embedder reads for one prompt: every segment (message) on its own, windowed when long, and
+    windows over the whole conversation, which catch a question split across turns. The count is linear in
+    the prompt's length (about 2 * words / window_words + messages), so bounded by the model's context."""
+    out = [w for seg in segments for w in _windows(seg, window_words)]
+    if len(segments) > 1:
+        out += _windows("\n".join(segments), window_words)
+    return list(dict.fromkeys(v for v in out if v))
+
+
+def classify(segments: list[str], policies: list[ActivePolicy], window_words: int = WINDOW_WORDS) -> Classification:
+    """`segments`: everything the model conditions on, oldest first (each message of a chat, whatever its role;
+    or a completion prompt's text)."""
+    return classify_batch([segments], policies, window_words)[0]
+
+
+def classify_batch(prompts: list[list[str]], policies: list[ActivePolicy],
+                   window_words: int = WINDOW_WORDS) -> list[Classification]:
+    """Each prompt classified on its own (a list of completion prompts gets one decision per prompt); the
+    views of all of them are embedded in one batch."""
     began = time.perf_counter()
-    if not policies or not turns:
-        return Classification([], {}, 0.0)
-    views = (turns[-1],) if len(turns) == 1 else (turns[-1], "\n".join(turns[-3:]))
-    vectors = _embed_cached(views)
-    text = _Text("\n".join(turns[-3:]))
+    per_prompt = [views(segments, window_words) for segments in prompts]
+    flat = [v for vs in per_prompt for v in vs]
+    if not policies or not flat:
+        return [Classification([], {}, 0.0) for _ in prompts]
+    vectors = EMBEDDINGS.get(flat)
+    results, row = [], 0
+    for segments, vs in zip(prompts, per_prompt, strict=True):
+        mine, row = vectors[row:row + len(vs)], row + len(vs)
+        results.append(_classify_one("\n".join(segments), mine, policies) if vs else Classification([], {}, 0.0))
+    elapsed = (time.perf_counter() - began) * 1000
+    for r in results:
+        r.elapsed_ms = elapsed
+    return results
+
+
+def _classify_one(raw: str, vectors: np.ndarray, policies: list[ActivePolicy]) -> Classification:
+    text = _Text(raw)
     matches, scores = [], {}
     for policy in policies:
         sims, _ = policy.index.search(vectors, 1)
         score = float(np.max(sims))
         scores[policy.key] = round(score, 4)
         reasons = []
-        lexical = lexical_reason(text, policy.aliases)
+        lexical = lexical_reason(text, policy.aliases) or partial_name_reason(text, policy)
         if lexical:
             reasons.append(lexical)
         if score >= policy.confident_threshold:
@@ -205,4 +290,4 @@ def classify(turns: list[str], policies: list[ActivePolicy]) -> Classification:
                 reasons += [f"semantic:{score:.3f}>={policy.threshold:.3f}", evidence]
         if reasons:
             matches.append(Match(policy, score, reasons))
-    return Classification(matches, scores, (time.perf_counter() - began) * 1000)
+    return Classification(matches, scores, 0.0)

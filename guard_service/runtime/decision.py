@@ -1,5 +1,5 @@
-"""From classifier matches to what happens to the request: pass, steer (generate under the policies'
-penalties) or refuse (answer with a refusal, `finish_reason: "content_filter"`, without generating)."""
+"""From classifier matches to what happens to one prompt: pass, steer (generate under the policies' penalties)
+or refuse (answer with a refusal, `finish_reason: "content_filter"`, without generating)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from guard_service.policy.request import Action
 from guard_service.runtime.classifier import Classification, Match
 from guard_service.runtime.logits_processor import POLICIES_ARG, ROOT_ARG, WATCH_ARG
+from guard_service.runtime.registry import FailedPolicy
 
 REFUSAL = "I'm sorry, but I can't help with that. That information has been removed from what I can discuss."
 
@@ -21,6 +22,8 @@ class Verdict(StrEnum):
     refuse = "refuse"
 
 
+
+
 @dataclass
 class GuardDecision:
     verdict: Verdict
@@ -28,27 +31,41 @@ class GuardDecision:
     scores: dict[str, float] = field(default_factory=dict)
     classifier_ms: float = 0.0
     bypassed_by: str | None = None
+    failed_closed: list[FailedPolicy] = field(default_factory=list)  # applicable policies that cannot load
 
     @property
     def keys(self) -> list[str]:
-        return [m.policy.key for m in self.matches]
+        return [m.policy.key for m in self.matches] + [f.key for f in self.failed_closed]
+
+    @property
+    def policy_ids(self) -> list[str]:
+        """Opaque ids, all a plain client is told."""
+        return [m.policy.id for m in self.matches] + [f.id for f in self.failed_closed]
+
+    @property
+    def reason(self) -> str:
+        return "failed_closed" if self.failed_closed else "classifier"
 
     def extra_args(self, policies_dir: Path, applicable: list[str]) -> dict[str, Any] | None:
         """What the engine's logits processor needs: the steering policies, and every other applicable policy
         in watch mode (verbatim protections only), unless an admin bypassed the guard."""
         args: dict[str, Any] = {}
+        steering = [m.policy.key for m in self.matches]
         if self.verdict is Verdict.steer:
-            args[POLICIES_ARG] = ",".join(self.keys)
-        watching = [k for k in applicable if k not in self.keys]
+            args[POLICIES_ARG] = ",".join(steering)
+        watching = [k for k in applicable if k not in steering]
         if watching and self.bypassed_by is None:
             args[WATCH_ARG] = ",".join(watching)
         return {**args, ROOT_ARG: str(policies_dir)} if args else None
 
-    def summary(self, **extra: Any) -> dict[str, Any]:
+    def detail(self) -> dict[str, Any]:
+        """Everything the guard knows about this decision: for admins, viewers and the audit log only."""
         return {"action": self.verdict.value, "policies": self.keys,
                 "matches": [{"policy": m.policy.key, "target": m.policy.spec.target, "score": round(m.score, 4),
                              "reasons": m.reasons} for m in self.matches],
-                "classifier_ms": round(self.classifier_ms, 2), "bypassed_by": self.bypassed_by, **extra}
+                "failed_closed_policies": [{"policy": f.key, "error": f.error} for f in self.failed_closed],
+                "scores": self.scores, "classifier_ms": round(self.classifier_ms, 2),
+                "bypassed_by": self.bypassed_by}
 
 
 def decide(result: Classification) -> GuardDecision:
@@ -57,3 +74,8 @@ def decide(result: Classification) -> GuardDecision:
     refuse = any(m.policy.action is Action.refuse or m.score >= m.policy.refuse_threshold for m in result.matches)
     return GuardDecision(Verdict.refuse if refuse else Verdict.steer, result.matches, result.scores,
                          result.elapsed_ms)
+
+
+def fail_closed(failed: list[FailedPolicy]) -> GuardDecision:
+    """A request that an unloadable policy applies to: refused, whatever the classifier would say."""
+    return GuardDecision(Verdict.refuse, failed_closed=list(failed))

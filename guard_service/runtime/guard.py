@@ -1,46 +1,78 @@
-"""The guard stage of the request path (API process): classify, decide, and describe what was done."""
+"""The guard stage of the request path (API process), process-wide: who may see or skip the guard, which
+policies apply to a request, and the per-prompt decisions (classify, decide, audit)."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 
-from guard_service.api.auth import authenticate
-from guard_service.api.errors import APIError
+from guard_service.auth import BYPASS_HEADER, DETAIL_HEADER, authenticate
 from guard_service.config import Settings
-from guard_service.runtime.classifier import classify
-from guard_service.runtime.decision import GuardDecision, Verdict, decide
-from guard_service.runtime.registry import ActivePolicy, PolicyRegistry
-from guard_service.store.sqlite import PolicyStore
+from guard_service.errors import ServiceError
+from guard_service.metrics import definitions as metrics
+from guard_service.runtime.classifier import classify_batch
+from guard_service.runtime.decision import GuardDecision, Verdict, decide, fail_closed
+from guard_service.runtime.registry import ActivePolicy, FailedPolicy, PolicyRegistry
+from guard_service.store.audit_sink import AuditSink
 
-BYPASS_HEADER = "x-guard-bypass"
+
+@dataclass(frozen=True)
+class Access:
+    """What this caller may do to the guard: skip it (an admin, audited) and see its full detail."""
+
+    bypassed_by: str | None = None
+    detail: bool = False
 
 
 class Guard:
-    def __init__(self, settings: Settings, registry: PolicyRegistry, store: PolicyStore):
+    def __init__(self, settings: Settings, registry: PolicyRegistry, audit: AuditSink):
         self.settings = settings
         self.registry = registry
-        self.store = store
+        self.audit = audit
         self.policies_dir: Path = settings.path(settings.policies_dir)
 
-    def applicable(self, model: str, api_key: str | None) -> list[ActivePolicy]:
-        return [p for p in self.registry.active() if p.applies_to(model, api_key)]
-
-    async def check(self, turns: list[str], model: str, policies: list[ActivePolicy],
-                    bypass_token: str | None = None) -> GuardDecision:
-        """`policies`: those `applicable` to this request (the output guard scans the same list)."""
+    def access(self, bypass_token: str | None, detail_token: str | None, tenant: str | None,
+               endpoint: str) -> Access:
+        """403 (audited) for a bypass without an admin token or a detail request without an admin/viewer one."""
+        subject = {"tenant": tenant, "endpoint": endpoint}
         if bypass_token is not None:
             principal = authenticate(self.settings, bypass_token)
             if principal is None or not principal.can_write:
-                raise APIError(403, "x-guard-bypass needs a valid admin token", code="forbidden")
-            self.store.record(principal.name, "unguarded-generation", detail={"model": model})
-            return GuardDecision(Verdict.passed, bypassed_by=principal.name)
-        if not policies:
-            return GuardDecision(Verdict.passed)
-        return decide(await asyncio.to_thread(classify, turns, policies))
+                self._refused("bypass", principal.name if principal else "anonymous", subject)
+                raise ServiceError(403, f"{BYPASS_HEADER} needs a valid admin token", code="forbidden")
+            self.audit.record(principal.name, "unguarded-generation", detail=subject)
+            return Access(bypassed_by=principal.name, detail=True)
+        if detail_token is not None:
+            principal = authenticate(self.settings, detail_token)
+            if principal is None:
+                self._refused("detail", "anonymous", subject)
+                raise ServiceError(403, f"{DETAIL_HEADER} needs a valid admin or viewer token", code="forbidden")
+            return Access(detail=True)
+        return Access(detail=self.settings.client_guard_detail == "full")
 
-    @staticmethod
-    def headers(decision: GuardDecision) -> dict[str, str]:
-        best = max(decision.scores.values(), default=0.0)
-        return {"x-guard-action": decision.verdict.value, "x-guard-policies": ",".join(decision.keys),
-                "x-guard-score": f"{best:.4f}"}
+    def _refused(self, surface: str, actor: str, subject: dict) -> None:
+        metrics.AUTH_FAILURES.labels(surface).inc()
+        self.audit.record(actor, f"{surface}-refused", detail=subject)
+
+    def applicable(self, model: str, tenant: str | None) -> tuple[list[ActivePolicy], list[FailedPolicy]]:
+        return ([p for p in self.registry.active() if p.applies_to(model, tenant)],
+                [f for f in self.registry.failed_closed() if f.applies_to(model, tenant)])
+
+    async def check(self, prompts: list[list[str]], policies: list[ActivePolicy], failed: list[FailedPolicy],
+                    access: Access) -> list[GuardDecision]:
+        """One decision per prompt (`prompts`: each prompt's segments, see `classifier.views`)."""
+        if access.bypassed_by is not None:
+            return [GuardDecision(Verdict.passed, bypassed_by=access.bypassed_by) for _ in prompts]
+        if failed:
+            return [fail_closed(failed) for _ in prompts]
+        if not policies:
+            return [GuardDecision(Verdict.passed) for _ in prompts]
+        results = await asyncio.to_thread(classify_batch, prompts, policies, self.settings.embedder_window_words)
+        return [decide(r) for r in results]
+
+    def audit_decisions(self, decisions: list[GuardDecision], tenant: str | None, endpoint: str) -> None:
+        for i, d in enumerate(decisions):
+            if d.verdict is not Verdict.passed:
+                self.audit.record(tenant or "anonymous", "guard-decision",
+                                  detail={"endpoint": endpoint, "prompt": i, "reason": d.reason, **d.detail()})

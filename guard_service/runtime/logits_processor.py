@@ -6,11 +6,17 @@ Per-request data arrives in `SamplingParams.extra_args`:
                                         protections hold (whole forbidden names are banned, protected
                                         documents vetoed), which leaves text that touches neither bit-identical
     guard_root:     "/srv/policies"     artifact location (shared by every replica)
-Rows without `guard_policies` are never touched. For guarded rows, each step:
+Rows without either are never touched. Every guarded row's matchers are seeded with the prompt's last
+tokens, so a forbidden string or a protected span begun in the prompt (a completion prompt, an assistant
+prefill) cannot be finished by the output. For guarded rows, each step:
     1. consume the tokens generated since the last step (cursor over vLLM's live output list),
     2. subtract the combined semantic + first-token penalty (one `index_add_` per policy combination),
     3. set -inf on every token that would complete a forbidden sequence, or extend a verbatim span of a
-       protected document to L tokens (provenance veto); softly penalise continuations from L/2.
+       protected document to L tokens (provenance veto); softly penalise continuations from L/2,
+    4. once enough of a forbidden string is spelled, set -inf on every way to go on with it (any next piece,
+       and every word-continuing token while one of its words is open), so no truncated or bent spelling
+       ("Hermion", "J.K.R", "J.K. Row", "Harry Potts") comes out: on steered rows from three characters, in
+       watch mode from two tokens and four characters of a whole name (`WATCH_COMMIT`).
 Nothing may raise out of `update_state`/`apply` (that kills the engine for everyone): a row whose policy
 cannot be loaded fails closed, i.e. it is forced to end at once, and the API turns that into a refusal.
 """
@@ -28,6 +34,7 @@ from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from guard_service.metrics import definitions as metrics
 from guard_service.policy.artifacts import MANIFEST, version_dir
+from guard_service.policy.tokenization import TokenClasses, token_classes
 from guard_service.runtime.policy_cache import LoadedPolicy, PolicyCache, parse_keys
 from guard_service.runtime.provenance_veto import ProvenanceMatcher
 from guard_service.runtime.trie import TrieMatcher
@@ -39,6 +46,13 @@ WATCH_ARG = "guard_watch"
 ROOT_ARG = "guard_root"
 FQCN = "guard_service.runtime.logits_processor:GuardLogitsProcessor"
 WATCH_BANS = metrics.TOKENS_PENALIZED.labels("watch", "token")  # one combined trie: not per policy
+SEED_TOKENS = 32  # prompt tokens fed to a row's matchers before its first output token
+# (characters, tokens) of a forbidden string spelled from a word boundary before every way to go on with it is
+# banned (see trie.py). Steered rows are about the target, so three characters suffice ("Her|mione",
+# "Row|ling"); watch mode runs on every other request, so it waits for two tokens and four characters of a
+# whole name ("J.K.| Row", "Harry Pot|ts"): one common word (" Apple", " Her") is never enough.
+STEER_COMMIT = (3, 1)
+WATCH_COMMIT = (4, 2)
 
 
 def guard_args(params: Any) -> tuple[list[tuple[str, int]], list[tuple[str, int]], str] | None:
@@ -60,6 +74,16 @@ class RowState:
     cursor: int = 0
     failed: bool = False
 
+    def seed(self, prompt_ids: list[int] | None) -> None:
+        tail = list(prompt_ids[-SEED_TOKENS:]) if prompt_ids else []
+        for m in self.matchers:
+            m.seed(tail)
+        if self.watcher is not None:
+            self.watcher.seed(tail)
+        for _, pm, _ in self.provenance:
+            for tok in tail:
+                pm.feed(tok)
+
     def advance(self) -> None:
         ids = self.output_ids
         while self.cursor < len(ids):
@@ -74,17 +98,27 @@ class RowState:
                 pm.feed(tok)
             self.cursor += 1
 
-    def banned(self) -> tuple[set[int], list[tuple[int, float]]]:
-        """(hard bans, soft penalties as (token, amount)); counts each policy's interventions."""
+    def banned(self) -> tuple[set[int], list[tuple[int, float]], bool]:
+        """(hard bans, soft penalties as (token, amount), whether to ban every word-continuing token); counts
+        each policy's interventions."""
         out: set[int] = set()
         soft: list[tuple[int, float]] = []
+        truncate = False
         for p, m in zip(self.policies, self.matchers, strict=True):
-            if p.ban and (b := m.banned()):
+            if not p.ban:
+                continue
+            ways_on, open_word = m.committed(*STEER_COMMIT)
+            b = m.banned() | ways_on
+            if b or open_word:
                 out |= b
+                truncate |= open_word
                 p.counters.token_bans.inc()
         if self.watcher is not None:
-            if b := self.watcher.banned():
+            ways_on, open_word = self.watcher.committed(*WATCH_COMMIT)
+            b = self.watcher.banned() | ways_on
+            if b or open_word:
                 out |= b
+                truncate |= open_word
                 WATCH_BANS.inc()
             out.update(self.watcher.trie.always_banned)  # single-token names (steered rows: in the penalty)
         for p, pm, steering in self.provenance:
@@ -94,7 +128,7 @@ class RowState:
                 p.counters.vetoes.inc()
             elif steering:  # watch mode only vetoes: a soft nudge would change unrelated text sharing a phrase
                 soft += [(t, p.soft_penalty) for t in tokens]
-        return out, soft
+        return out, soft, truncate
 
 
 class GuardLogitsProcessor(LogitsProcessor):
@@ -113,8 +147,29 @@ class GuardLogitsProcessor(LogitsProcessor):
         self.device = device
         self.vocab_size = vllm_config.model_config.get_vocab_size()
         self.eos_id = self._eos(vllm_config)
-        self.cache = PolicyCache(self.vocab_size, device)
+        classes = self._classes(vllm_config)
+        self.cache = PolicyCache(self.vocab_size, device, classes=classes)
+        self.word_continuing = torch.zeros(self.vocab_size, dtype=torch.bool)
+        if classes is not None:
+            n = min(self.vocab_size, len(classes))
+            self.word_continuing[:n] = torch.from_numpy(classes.continues_word[:n])
+        self.word_continuing = self.word_continuing.to(device)
         self.rows: dict[int, RowState] = {}
+
+    @staticmethod
+    def _classes(vllm_config: Any) -> TokenClasses | None:
+        """The served tokenizer's token classes (for the truncated-spelling rule); without them that one rule
+        is off and everything else still holds, so a tokenizer that cannot load here is logged, not fatal."""
+        mc = vllm_config.model_config
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(mc.tokenizer, revision=mc.tokenizer_revision,
+                                                      trust_remote_code=mc.trust_remote_code)
+            return token_classes(tokenizer)
+        except Exception:
+            log.exception("guard: cannot load the tokenizer in the worker; truncated spellings are not banned")
+            return None
 
     @staticmethod
     def _eos(vllm_config: Any) -> int:
@@ -125,7 +180,7 @@ class GuardLogitsProcessor(LogitsProcessor):
     def is_argmax_invariant(self) -> bool:
         return False  # it changes which token wins: must run for greedy requests too
 
-    def _new_state(self, params: Any, _prompt_ids: Any, output_ids: list[int]) -> RowState | None:
+    def _new_state(self, params: Any, prompt_ids: list[int] | None, output_ids: list[int]) -> RowState | None:
         args = guard_args(params)
         if args is None:
             return None
@@ -148,10 +203,12 @@ class GuardLogitsProcessor(LogitsProcessor):
                 # closed.
                 log.exception("guard: cannot load %s@%d for watch mode; skipped for this request", pid, ver)
                 metrics.LOAD_FAILURES.inc()
-        return RowState(policies=policies, output_ids=output_ids, matchers=[TrieMatcher(p.trie) for p in policies],
-                        watcher=TrieMatcher(self.cache.watch_trie(tuple(watching))) if watching else None,
-                        provenance=[(p, ProvenanceMatcher(p.provenance, p.min_span), p in policies)
-                                    for p in (*policies, *watching) if p.provenance is not None])
+        state = RowState(policies=policies, output_ids=output_ids, matchers=[TrieMatcher(p.trie) for p in policies],
+                         watcher=TrieMatcher(self.cache.watch_trie(tuple(watching))) if watching else None,
+                         provenance=[(p, ProvenanceMatcher(p.provenance, p.min_span), p in policies)
+                                     for p in (*policies, *watching) if p.provenance is not None])
+        state.seed(prompt_ids)
+        return state
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         try:
@@ -179,6 +236,7 @@ class GuardLogitsProcessor(LogitsProcessor):
         soft_rows: list[int] = []
         soft_cols: list[int] = []
         soft_vals: list[float] = []
+        truncating: list[int] = []
         for row, st in self.rows.items():
             if st.failed:
                 self._force_end(logits, row)
@@ -187,7 +245,9 @@ class GuardLogitsProcessor(LogitsProcessor):
             if st.policies:
                 combo = tuple(p.key for p in st.policies)
                 groups.setdefault(combo, (st.policies, []))[1].append(row)
-            banned, soft = st.banned()
+            banned, soft, truncate = st.banned()
+            if truncate:
+                truncating.append(row)
             ban_rows += [row] * len(banned)
             ban_cols += banned
             for tok, amount in soft:
@@ -208,6 +268,9 @@ class GuardLogitsProcessor(LogitsProcessor):
             logits.index_put_((torch.tensor(ban_rows, device=logits.device),
                                torch.tensor(ban_cols, device=logits.device)),
                               torch.tensor(float("-inf"), device=logits.device, dtype=logits.dtype))
+        mask = self.word_continuing[: logits.shape[1]]
+        for row in truncating:  # rare (inside a forbidden word): per-row masked fill beats a gather/scatter
+            logits[row].masked_fill_(mask, float("-inf"))
 
     def _force_end(self, logits: torch.Tensor, row: int) -> None:
         logits[row].fill_(float("-inf"))

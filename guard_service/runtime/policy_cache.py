@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from guard_service.metrics import definitions as metrics
-from guard_service.policy.artifacts import load_semantic, load_sequences, read_manifest, version_dir
+from guard_service.policy.artifacts import load_semantic, load_sequences, open_verified, version_dir
+from guard_service.policy.tokenization import TokenClasses
 from guard_service.runtime.suffix_index import SuffixIndex
 from guard_service.runtime.trie import TokenTrie
 
@@ -63,11 +64,12 @@ class LoadedPolicy:
     soft_penalty: float = 4.0
 
 
-def load(root: Path, policy_id: str, version: int, vocab_size: int, device: torch.device) -> LoadedPolicy:
+def load(root: Path, policy_id: str, version: int, vocab_size: int, device: torch.device,
+         classes: TokenClasses | None = None) -> LoadedPolicy:
     path = version_dir(root, policy_id, version)
-    manifest = read_manifest(path)
+    manifest = open_verified(path)  # the API process verified it too, but files can change between the reads
     strength = manifest.strength
-    trie = TokenTrie(load_sequences(path))
+    trie = TokenTrie(load_sequences(path), classes)
     penalty = np.zeros(vocab_size, dtype=np.float32)
     ids, weights = load_semantic(path)
     keep = ids < vocab_size
@@ -88,8 +90,9 @@ def load(root: Path, policy_id: str, version: int, vocab_size: int, device: torc
 
 
 class PolicyCache:
-    def __init__(self, vocab_size: int, device: torch.device, capacity: int = 1024):
-        self.vocab_size, self.device, self.capacity = vocab_size, device, capacity
+    def __init__(self, vocab_size: int, device: torch.device, capacity: int = 1024,
+                 classes: TokenClasses | None = None):
+        self.vocab_size, self.device, self.capacity, self.classes = vocab_size, device, capacity, classes
         self._items: OrderedDict[str, LoadedPolicy] = OrderedDict()
         self._combined: dict[tuple[str, ...], torch.Tensor] = {}
         self._watch: dict[tuple[str, ...], TokenTrie] = {}
@@ -101,7 +104,7 @@ class PolicyCache:
             self._items.move_to_end(key)
             return hit
         began = time.perf_counter()
-        policy = load(root, policy_id, version, self.vocab_size, self.device)
+        policy = load(root, policy_id, version, self.vocab_size, self.device, self.classes)
         metrics.LOAD_SECONDS.observe(time.perf_counter() - began)
         stale = [k for k in self._items if k.rpartition("@")[0] == policy_id]
         for k in stale:
@@ -123,7 +126,7 @@ class PolicyCache:
         combo = tuple(p.key for p in policies)
         trie = self._watch.get(combo)
         if trie is None:
-            trie = TokenTrie(seq for p in policies if p.ban for seq in p.watch_sequences)
+            trie = TokenTrie((seq for p in policies if p.ban for seq in p.watch_sequences), self.classes)
             self._watch[combo] = trie
         return trie
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
-from guard_service.serving.generation import collect, generate
+from guard_service.serving.generation import PromptJob, collect, generate
 from guard_service.serving.prompts import chat_token_ids
 
 
@@ -20,7 +20,7 @@ def engine_asker(engine: Any, max_tokens: int):
 
         async def one(q: str) -> str:
             ids = chat_token_ids(tokenizer, [{"role": "user", "content": q}])
-            (choice,) = await collect(generate(engine, [ids], params, f"expand-{uuid.uuid4().hex}"), 1)
+            (choice,) = await collect(generate(engine, [PromptJob(0, ids, params)], f"expand-{uuid.uuid4().hex}"), 1)
             return choice.text
 
         return list(await asyncio.gather(*[one(q) for q in questions]))

@@ -1,18 +1,28 @@
 """Run prompts through the engine and expose one flat stream of per-choice deltas.
 
 Routes render these deltas as SSE chunks or fold them into one response; a cancelled consumer (client
-gone) cancels the engine iterators, which makes vLLM abort the requests.
+gone) cancels the engine iterators, which makes vLLM abort the requests. Each prompt carries its own sampling
+parameters (its own guard decision). An engine error aborts that request (no bookkeeping is left behind) and
+becomes a `ServiceError`: 400 for what the engine rejected, 503 for a dead engine, else a logged 500.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from vllm.exceptions import GracefulHTTPError, VLLMClientError
 from vllm.inputs import TokensPrompt
 from vllm.sampling_params import SamplingParams
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from guard_service.errors import ServiceError
+
+log = logging.getLogger(__name__)
 
 _FINISH = {"stop": "stop", "length": "length", "abort": "stop", "error": "stop"}
 
@@ -45,13 +55,41 @@ class ChoiceResult:
             self.finish_reason = delta.finish_reason
 
 
-async def _one_prompt(engine: Any, prompt_index: int, ids: list[int], params: SamplingParams,
-                      request_id: str) -> AsyncIterator[ChoiceDelta]:
-    async for out in engine.generate(TokensPrompt(prompt_token_ids=ids), params, request_id):
-        for o in out.outputs:
-            finish = _FINISH.get(o.finish_reason, o.finish_reason) if o.finish_reason else None
-            yield ChoiceDelta(index=prompt_index * params.n + o.index, text=o.text,
-                              token_ids=list(o.token_ids), logprobs=o.logprobs, finish_reason=finish)
+@dataclass(frozen=True)
+class PromptJob:
+    """One prompt to generate for: its position in the request (choice index = index * n + k) and params."""
+
+    index: int
+    token_ids: list[int]
+    params: SamplingParams
+
+
+def _engine_error(exc: BaseException) -> ServiceError:
+    cause = exc.__cause__ or exc
+    if isinstance(exc, EngineDeadError):
+        return ServiceError(503, "the engine died; this replica is restarting", code="engine_dead")
+    if isinstance(cause, GracefulHTTPError):
+        return ServiceError(int(cause.http_status), cause.message, code="engine_rejected")
+    if isinstance(cause, VLLMClientError | ValueError):
+        return ServiceError(400, f"the engine rejected the request: {cause}", code="invalid_request")
+    log.error("generation failed", exc_info=exc)
+    return ServiceError(500, "generation failed (see the server log)", code="generation_failed")
+
+
+async def _one_prompt(engine: Any, job: PromptJob, request_id: str) -> AsyncIterator[ChoiceDelta]:
+    try:
+        async for out in engine.generate(TokensPrompt(prompt_token_ids=job.token_ids), job.params, request_id):
+            for o in out.outputs:
+                finish = _FINISH.get(o.finish_reason, o.finish_reason) if o.finish_reason else None
+                yield ChoiceDelta(index=job.index * job.params.n + o.index, text=o.text,
+                                  token_ids=list(o.token_ids), logprobs=o.logprobs, finish_reason=finish)
+    except (asyncio.CancelledError, GeneratorExit):
+        raise
+    except Exception as exc:
+        if not isinstance(exc, EngineDeadError):
+            with contextlib.suppress(Exception):  # a request rejected on its way in may be half-registered
+                await engine.abort(request_id)
+        raise _engine_error(exc) from exc
 
 
 async def _merge(streams: list[AsyncIterator[ChoiceDelta]]) -> AsyncIterator[ChoiceDelta]:
@@ -83,9 +121,8 @@ async def _merge(streams: list[AsyncIterator[ChoiceDelta]]) -> AsyncIterator[Cho
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def generate(engine: Any, prompts: list[list[int]], params: SamplingParams,
-             request_id: str) -> AsyncIterator[ChoiceDelta]:
-    streams = [_one_prompt(engine, i, ids, params, f"{request_id}-{i}") for i, ids in enumerate(prompts)]
+def generate(engine: Any, jobs: list[PromptJob], request_id: str) -> AsyncIterator[ChoiceDelta]:
+    streams = [_one_prompt(engine, job, f"{request_id}-{job.index}") for job in jobs]
     return streams[0] if len(streams) == 1 else _merge(streams)
 
 

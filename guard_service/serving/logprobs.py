@@ -1,14 +1,20 @@
-"""vLLM per-position logprob dicts -> the two OpenAI logprob shapes (chat and legacy completions)."""
+"""vLLM per-position logprob dicts -> the two OpenAI logprob shapes (chat and legacy completions).
+
+The engine runs with `logprobs_mode="processed_logprobs"` (see engine.py), so these are the logprobs the guard
+left: a token it banned has -inf and is never listed; an alternative nobody could sample tells nothing.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from guard_service.api.openai_schemas import ChatLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob
 
 
 def _top(position: dict[int, Any], k: int) -> list[tuple[int, Any]]:
-    ranked = sorted(position.items(), key=lambda kv: (kv[1].rank is None, kv[1].rank or 0))
+    ranked = sorted(((t, lp) for t, lp in position.items() if math.isfinite(lp.logprob)),
+                    key=lambda kv: (kv[1].rank is None, kv[1].rank or 0))
     return ranked[:k]
 
 

@@ -6,22 +6,22 @@ from typing import Any
 
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
-from guard_service.api.errors import APIError
 from guard_service.api.openai_schemas import ChatCompletionRequest, CompletionRequest
+from guard_service.errors import ServiceError
 
 
 def resolve_max_tokens(requested: int | None, prompt_lens: list[int], max_model_len: int,
                        prompt_param: str) -> int:
     longest = max(prompt_lens)
     if longest >= max_model_len:
-        raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, your "
+        raise ServiceError(400, f"This model's maximum context length is {max_model_len} tokens. However, your "
                             f"prompt is {longest} tokens long.", param=prompt_param,
                        code="context_length_exceeded")
     room = max_model_len - longest
     if requested is None:
         return room
     if requested > room:
-        raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, you "
+        raise ServiceError(400, f"This model's maximum context length is {max_model_len} tokens. However, you "
                             f"requested {longest + requested} tokens ({longest} in the prompt, {requested} "
                             f"for the completion).", param="max_tokens", code="context_length_exceeded")
     return requested

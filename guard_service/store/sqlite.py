@@ -2,23 +2,31 @@
 writes. A server database for several machines would implement the same methods.
 
 Concurrency rules: compiles are claimed with a conditional UPDATE (only one process wins), and a
-monotonically increasing `generation` counter tells every API process that the active set changed.
+monotonically increasing `generation` counter tells every API process that the active set changed. Each
+thread has its own connection, so reads (the registry's poll) never wait behind a write that waits for the
+database lock; a write that cannot get the lock within the busy timeout raises `StoreUnavailable` (503).
+
+The audit log is append-only and hash-chained: each row stores the SHA-256 of the row before it and of
+itself (`audit_hash`), triggers make the database refuse UPDATE and DELETE on it, and `verify_audit` walks
+the chain (`guard-service audit verify`), so an edit made behind the service's back is detected.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from guard_service.errors import StoreUnavailable
 from guard_service.policy.request import Status
 
 SCHEMA = """
@@ -62,6 +70,21 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);
 """
+APPEND_ONLY = """
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
+"""
+GENESIS = "0" * 64
+
+
+def audit_hash(prev_hash: str, seq: int, at: float, actor: str, action: str, request_id: str | None,
+               version: int | None, detail: str) -> str:
+    """The chain link: this row's fields (detail as stored text) and the previous row's hash."""
+    body = json.dumps([seq, at, actor, action, request_id, version, detail], separators=(",", ":"),
+                      ensure_ascii=False)
+    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
 
 
 class RequestRow(BaseModel):
@@ -99,6 +122,28 @@ class AuditRow(BaseModel):
     request_id: str | None
     version: int | None
     detail: dict[str, Any]
+    hash: str | None = None
+
+
+class AuditEntry(BaseModel):
+    """One audit row to write."""
+
+    actor: str
+    action: str
+    request_id: str | None = None
+    version: int | None = None
+    detail: dict[str, Any] | None = None
+
+
+class AuditCheck(BaseModel):
+    rows: int
+    ok: bool
+    first_bad_seq: int | None = None
+    reason: str | None = None
+
+
+def _statements(script: str) -> list[str]:
+    return [f"{stmt.strip()} END;" for stmt in script.split("END;") if stmt.strip()]
 
 
 def _row(model: type[BaseModel], row: sqlite3.Row) -> Any:
@@ -109,40 +154,101 @@ def _row(model: type[BaseModel], row: sqlite3.Row) -> Any:
     return model.model_validate(data)
 
 
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 class PolicyStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, busy_timeout_s: float = 10.0):
         self.path = path
+        self.busy_timeout_s = busy_timeout_s
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(SCHEMA)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        c = self._conn()
+        c.executescript(SCHEMA)
+        self._migrate(c)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                   timeout=self.busy_timeout_s)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
 
     def close(self) -> None:
-        self._conn.close()
+        with self._all_lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    def _migrate(self, c: sqlite3.Connection) -> None:
+        """Stores made before the audit chain get the hash columns, a chain over their existing rows, and the
+        append-only triggers (in that order: the backfill is the last UPDATE the audit table accepts)."""
+        columns = {r["name"] for r in c.execute("PRAGMA table_info(audit)")}
+        with self._tx() as tx:
+            if "hash" not in columns:
+                tx.execute("ALTER TABLE audit ADD COLUMN prev_hash TEXT")
+                tx.execute("ALTER TABLE audit ADD COLUMN hash TEXT")
+            unchained = tx.execute("SELECT * FROM audit WHERE hash IS NULL ORDER BY seq").fetchall()
+            if unchained:
+                before = tx.execute("SELECT hash FROM audit WHERE seq < ? AND hash IS NOT NULL ORDER BY seq DESC "
+                                    "LIMIT 1", (unchained[0]["seq"],)).fetchone()
+                prev = before["hash"] if before else GENESIS
+                for row in unchained:
+                    link = audit_hash(prev, row["seq"], row["at"], row["actor"], row["action"], row["request_id"],
+                                      row["version"], row["detail"])
+                    tx.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, link, row["seq"]))
+                    prev = link
+            for stmt in _statements(APPEND_ONLY):  # executescript would commit the open transaction
+                tx.execute(stmt)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _locked(exc):
+                raise StoreUnavailable() from exc
+            raise
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and _locked(exc):
+                raise StoreUnavailable() from exc
+            raise
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if _locked(exc):
+                raise StoreUnavailable() from exc
+            raise
 
     @staticmethod
     def _audit(c: sqlite3.Connection, actor: str, action: str, request_id: str | None, version: int | None,
                detail: dict[str, Any] | None = None) -> None:
-        c.execute("INSERT INTO audit (at, actor, action, request_id, version, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                  (time.time(), actor, action, request_id, version, json.dumps(detail or {}, default=str)))
+        """Append one row to the chain (inside the caller's write transaction, which serialises appends)."""
+        last = c.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (last["seq"] + 1, last["hash"]) if last else (1, GENESIS)
+        at, body = time.time(), json.dumps(detail or {}, default=str)
+        c.execute("INSERT INTO audit (seq, at, actor, action, request_id, version, detail, prev_hash, hash) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (seq, at, actor, action, request_id, version, body, prev,
+                   audit_hash(prev, seq, at, actor, action, request_id, version, body)))
 
     @staticmethod
     def _bump(c: sqlite3.Connection) -> None:
@@ -250,6 +356,31 @@ class PolicyStore:
         with self._tx() as c:
             self._audit(c, actor, action, request_id, None, detail)
 
+    def record_many(self, entries: Iterable[AuditEntry]) -> None:
+        with self._tx() as c:
+            for e in entries:
+                self._audit(c, e.actor, e.action, e.request_id, e.version, e.detail)
+
+    def note_load_error(self, request_id: str, version: int, error: str, actor: str) -> bool:
+        """An active version that a process cannot load: shown as the request's last error and audited, once
+        per distinct error (every poll retries the load; the store is not written every poll)."""
+        with self._tx() as c:
+            cur = c.execute("UPDATE requests SET last_error = ?, updated_at = ? WHERE id = ? AND "
+                            "active_version = ? AND (last_error IS NULL OR last_error != ?)",
+                            (error, time.time(), request_id, version, error))
+            if cur.rowcount:
+                self._audit(c, actor, "load-failed", request_id, version, {"error": error})
+            return cur.rowcount == 1
+
+    def recompile(self, request_id: str, actor: str) -> int:
+        """A new version with the request's current spec, compiled against the model served now (after a
+        model or tokenizer change left the active one unloadable)."""
+        row = self.get(request_id)
+        if row is None:
+            raise KeyError(request_id)
+        return self.add_version(request_id, row.spec, row.removed_expanded, actor, row.expires_at,
+                                action="recompile")
+
     def release_stale_claims(self, older_than_s: float) -> int:
         """Compiles claimed by a process that died go back to pending."""
         with self._tx() as c:
@@ -293,6 +424,21 @@ class PolicyStore:
             if req and ver:
                 out.append((req, ver))
         return out
+
+    def verify_audit(self) -> AuditCheck:
+        """Recompute the whole chain; the first row whose stored link does not match is where it was edited."""
+        prev, count = GENESIS, 0
+        for row in self._conn().execute("SELECT * FROM audit ORDER BY seq"):
+            count += 1
+            link = audit_hash(prev, row["seq"], row["at"], row["actor"], row["action"], row["request_id"],
+                              row["version"], row["detail"])
+            if row["prev_hash"] != prev:
+                return AuditCheck(rows=count, ok=False, first_bad_seq=row["seq"],
+                                  reason="the row before it was removed or changed")
+            if row["hash"] != link:
+                return AuditCheck(rows=count, ok=False, first_bad_seq=row["seq"], reason="the row was changed")
+            prev = link
+        return AuditCheck(rows=count, ok=True)
 
     def audit(self, request_id: str | None = None, limit: int = 500) -> list[AuditRow]:
         if request_id is None:

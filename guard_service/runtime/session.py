@@ -1,0 +1,73 @@
+"""The guard's view of one request (API process): who is asking and what they may see, one decision per
+prompt before generation, the output guard while it generates, and afterwards the metrics and the response's
+guard object (full detail for admins and viewers, the action and opaque policy ids for everyone else)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from guard_service.metrics import recorder
+from guard_service.runtime.decision import GuardDecision, Verdict
+from guard_service.runtime.guard import Guard
+from guard_service.runtime.output_guard import OutputGuard, aggregate
+from guard_service.serving.prompts import TAIL_TOKENS, Prompt
+
+
+class GuardSession:
+    def __init__(self, guard: Guard, *, model: str, tenant: str | None, endpoint: str, n: int = 1,
+                 bypass_token: str | None = None, detail_token: str | None = None):
+        self.guard, self.model, self.tenant, self.endpoint, self.n = guard, model, tenant, endpoint, n
+        self.access = guard.access(bypass_token, detail_token, tenant, endpoint)  # 403 before any work
+        self.started = time.perf_counter()
+        self.first_text_at: float | None = None
+        self.decisions: list[GuardDecision] = []
+        self.output = OutputGuard([], [], n)
+        self._applicable: list[str] = []
+
+    async def check(self, prompts: list[Prompt]) -> list[GuardDecision]:
+        policies, failed = self.guard.applicable(self.model, self.tenant)
+        self.decisions = await self.guard.check([p.segments for p in prompts], policies, failed, self.access)
+        self._applicable = [p.key for p in policies]
+        self.output = OutputGuard(self.decisions, policies, self.n,
+                                  [(p.tail, p.token_ids[-TAIL_TOKENS:]) for p in prompts])
+        recorder.decisions(self.decisions, self.endpoint, self.tenant)
+        self.guard.audit_decisions(self.decisions, self.tenant, self.endpoint)
+        return self.decisions
+
+    @property
+    def verdict(self) -> Verdict:
+        return aggregate(self.decisions)
+
+    def refused(self, prompt_index: int) -> bool:
+        return self.decisions[prompt_index].verdict is Verdict.refuse
+
+    def extra_args(self, prompt_index: int) -> dict[str, Any] | None:
+        return self.decisions[prompt_index].extra_args(self.guard.policies_dir, self._applicable)
+
+    def text_arrived(self) -> None:
+        if self.first_text_at is None:
+            self.first_text_at = time.perf_counter()
+
+    def headers(self) -> dict[str, str]:
+        level = "full" if self.access.detail else self.guard.settings.client_guard_detail
+        if level == "none":
+            return {}
+        public = self.output.public()
+        headers = {"x-guard-action": public["action"], "x-guard-policies": ",".join(public["policies"])}
+        if level == "full":
+            best = max((s for d in self.decisions for s in d.scores.values()), default=0.0)
+            headers["x-guard-score"] = f"{best:.4f}"
+        return headers
+
+    async def summary(self, output_tokens: int) -> dict[str, Any] | None:
+        """The response's guard object; records the request's outcome metrics (call once, at the end)."""
+        await asyncio.to_thread(self.output.finish)
+        detail = self.output.detail()
+        recorder.outcome(detail, output_tokens)
+        ttft = None if self.first_text_at is None else self.first_text_at - self.started
+        recorder.latency(self.endpoint, self.verdict is not Verdict.passed, time.perf_counter() - self.started, ttft)
+        if self.access.detail:
+            return detail
+        return None if self.guard.settings.client_guard_detail == "none" else self.output.public()

@@ -1,0 +1,90 @@
+"""What an operator can do to unlearning requests, whoever asks (admin API or CLI): submit, patch, revoke,
+recompile. Everything is validated before the store is touched, so a rejected change leaves no trace but its
+error. Blocking (store, file system): call off the event loop."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from guard_service.config import Settings
+from guard_service.errors import ServiceError
+from guard_service.policy.request import Status, UnlearningPatch, UnlearningRequest
+from guard_service.store.sqlite import PolicyStore, RequestRow
+
+ENDED = (Status.revoked, Status.expired)
+
+
+def invalid(exc: ValidationError) -> ServiceError:
+    """A pydantic error as the same 422 body FastAPI's own validation gives."""
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in exc.errors()]
+    first = exc.errors()[0].get("loc", ()) if exc.errors() else ()
+    return ServiceError(422, "Invalid request: " + "; ".join(parts), param=".".join(str(p) for p in first) or None,
+                        code="invalid_value")
+
+
+def check(settings: Settings, spec: UnlearningRequest) -> None:
+    """Size, path and tenant checks beyond the model's own."""
+    size = sum(len(d.encode()) for d in spec.protected_documents)
+    if size > settings.max_document_bytes:
+        raise ServiceError(413, f"protected documents total {size} bytes; the limit is "
+                                f"{settings.max_document_bytes}", param="protected_documents",
+                           code="documents_too_large")
+    root = settings.path(settings.indexes_dir)
+    for p in spec.protected_paths:
+        try:
+            resolved = (root / p).resolve()
+            ok = resolved.is_relative_to(root) and resolved.exists()
+        except (OSError, ValueError):  # NUL bytes, names too long for the file system
+            ok = False
+        if not ok:
+            raise ServiceError(422, f"protected path {p!r} must exist under the indexes directory",
+                               param="protected_paths", code="invalid_path")
+    unknown = [t for t in spec.scope.api_keys if settings.api_keys and t not in settings.api_keys]
+    if unknown:
+        raise ServiceError(422, f"scope.api_keys names tenants, and {unknown} is not one of GUARD_API_KEYS",
+                           param="scope.api_keys", code="unknown_tenant")
+
+
+def require(store: PolicyStore, request_id: str) -> RequestRow:
+    row = store.get(request_id)
+    if row is None:
+        raise ServiceError(404, f"no unlearning request {request_id!r}", param="id", code="not_found")
+    return row
+
+
+def submit(store: PolicyStore, settings: Settings, spec: UnlearningRequest, actor: str) -> str:
+    check(settings, spec)
+    return store.create(spec.model_dump(mode="json"), actor, spec.expires_at.timestamp() if spec.expires_at else None)
+
+
+def patch(store: PolicyStore, settings: Settings, request_id: str, body: UnlearningPatch, actor: str) -> int:
+    """A new version with the changed fields, validated exactly as a new request is (422), refused on a
+    revoked or expired request (409)."""
+    row = require(store, request_id)
+    if row.status in ENDED:
+        raise ServiceError(409, f"request is {row.status.value}; submit a new request instead", code="not_patchable")
+    changes = body.model_dump(exclude_unset=True, exclude={"remove_expanded"}, mode="json")
+    try:
+        spec = UnlearningRequest.model_validate({**row.spec, **changes})
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+    check(settings, spec)
+    removed = list(dict.fromkeys([*row.removed_expanded, *body.remove_expanded]))
+    try:
+        return store.add_version(request_id, spec.model_dump(mode="json"), removed, actor,
+                                 spec.expires_at.timestamp() if spec.expires_at else None)
+    except ValueError as exc:  # revoked or expired between the read and the write
+        raise ServiceError(409, str(exc), code="not_patchable") from exc
+
+
+def revoke(store: PolicyStore, request_id: str, actor: str) -> RequestRow:
+    require(store, request_id)
+    store.revoke(request_id, actor)
+    return require(store, request_id)
+
+
+def recompile(store: PolicyStore, request_id: str, actor: str) -> int:
+    row = require(store, request_id)
+    if row.status in ENDED:
+        raise ServiceError(409, f"request is {row.status.value}; nothing to recompile", code="not_patchable")
+    return store.recompile(request_id, actor)
