@@ -201,17 +201,17 @@ class EmbeddingCache:
 
     def get(self, views: list[str]) -> np.ndarray:
         with self._lock:
-            missing = list(dict.fromkeys(v for v in views if v not in self._items))
-        fresh = dict(zip(missing, embed(missing), strict=True)) if missing else {}
+            known = {v: self._items[v] for v in views if v in self._items}
+        missing = [v for v in dict.fromkeys(views) if v not in known]
+        if missing:  # embedded outside the lock: other requests' hits need not wait for it
+            known.update(zip(missing, embed(missing), strict=True))
         with self._lock:
-            self._items.update(fresh)
-            out = np.stack([self._items[v] if v in self._items else fresh[v] for v in views])
-            for v in views:
-                if v in self._items:
-                    self._items.move_to_end(v)
+            for v in dict.fromkeys(views):
+                self._items[v] = known[v]
+                self._items.move_to_end(v)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
-        return out
+        return np.stack([known[v] for v in views])
 
     def clear(self) -> None:
         with self._lock:

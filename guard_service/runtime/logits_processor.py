@@ -33,7 +33,6 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from guard_service.metrics import definitions as metrics
-from guard_service.policy.artifacts import MANIFEST, version_dir
 from guard_service.policy.tokenization import TokenClasses, token_classes
 from guard_service.runtime.policy_cache import LoadedPolicy, PolicyCache, parse_keys
 from guard_service.runtime.provenance_veto import ProvenanceMatcher
@@ -134,14 +133,10 @@ class RowState:
 class GuardLogitsProcessor(LogitsProcessor):
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
-        """Frontend check (raising rejects only this request): every named policy version exists on disk."""
-        args = guard_args(sampling_params)
-        if args is None:
-            return
-        steer, _watch, root = args
-        for policy_id, version in steer:  # watch-mode policies are best effort (see _new_state)
-            if not (version_dir(Path(root), policy_id, version) / MANIFEST).is_file():
-                raise ValueError(f"unknown guard policy {policy_id}@{version}")
+        """Frontend check (raising rejects only this request): the guard args are well formed. Whether a
+        version can be loaded is the worker's question: one that cannot fails its row closed (a refusal), which
+        a vanished artifact must not turn into a client error that names it."""
+        guard_args(sampling_params)
 
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool):
         self.device = device
