@@ -20,13 +20,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench.common import RESULTS, percentile, print_table, write_json
+from guard_service.compiler.compile import CompileContext, compile_version
 from guard_service.config import Settings
 from guard_service.evaluation.datasets import DEFAULT_DATA as DATA
 from guard_service.evaluation.datasets import read_json, read_jsonl, tofu_authors
-from guard_service.policy.compiler import CompileContext, compile_version
+from guard_service.frontend.classifier import classify
+from guard_service.frontend.registry import load_policy
 from guard_service.policy.request import UnlearningRequest
-from guard_service.runtime.classifier import classify
-from guard_service.runtime.registry import load_policy
 
 
 async def compile_all(specs: list[UnlearningRequest], ctx: CompileContext) -> list:

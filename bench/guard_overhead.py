@@ -24,9 +24,9 @@ import httpx
 from bench.common import batch_arguments, free_port, median, percentile, print_table, running_app, timed, write_json
 from bench.throughput import http_batch
 from guard_service.config import Settings
+from guard_service.frontend.classifier import EMBEDDINGS, classify
 from guard_service.policy.classifier_data import negative_bank
-from guard_service.runtime.classifier import EMBEDDINGS, classify
-from guard_service.runtime.logits_processor import POLICIES_ARG, ROOT_ARG
+from guard_service.protocol import GuardArgs
 from guard_service.serving.prompts import chat_token_ids
 
 TOKEN = "bench-admin"
@@ -123,14 +123,12 @@ async def run(args: argparse.Namespace) -> dict:
             policies = app.state.registry.active()
             assert len(policies) == args.policies
             clf[f"{args.policies} policies"] = classifier_ms(policies, probe_prompts)
-            all_keys = ",".join(p.key for p in policies)
-            root = str(settings.path(settings.policies_dir))
+            all_keys = GuardArgs(steer=tuple(p.policy_key for p in policies)).to_extra_args()
             many = {f"{args.policies} policies active, rows steered": lambda: through_http(None),
                     "guard off (bypass) again": lambda: through_http(bypass),
                     "engine: rows without policies": lambda: direct(None),
-                    f"engine: rows carry {args.policies} policies": lambda: direct(
-                        {POLICIES_ARG: all_keys, ROOT_ARG: root})}
-            await direct({POLICIES_ARG: all_keys, ROOT_ARG: root})  # load all into the worker once
+                    f"engine: rows carry {args.policies} policies": lambda: direct(all_keys)}
+            await direct(all_keys)  # load all into the worker once
             await measure(many)
             clients.shutdown()
             await http.aclose()

@@ -28,9 +28,10 @@ from bench.common import free_port, median, print_table, running_app, timed, wri
 from guard_service.config import Settings
 from guard_service.evaluation.datasets import DEFAULT_DATA
 from guard_service.evaluation.scoring import rouge_l_f1
-from guard_service.runtime.logits_processor import ROOT_ARG, WATCH_ARG
-from guard_service.runtime.provenance_veto import ProvenanceMatcher
-from guard_service.runtime.suffix_index import SuffixIndex
+from guard_service.guards.provenance import ProvenanceMatcher
+from guard_service.guards.suffix_index import SuffixIndex
+from guard_service.policy.artifacts import Files
+from guard_service.protocol import GuardArgs
 
 MUSE = DEFAULT_DATA / "muse" / "news"
 TOKEN = "bench-admin"
@@ -45,10 +46,10 @@ def build_synthetic(size: int, out: Path) -> dict:
     sa = divsufsort(tokens).astype(np.int32)
     seconds = time.perf_counter() - began
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "tokens.npy", tokens)
-    np.save(out / "sa.npy", sa)
-    np.save(out / "docs.npy", np.zeros(1, dtype=np.int64))
-    (out / "docs.json").write_text(json.dumps(["synthetic"]))
+    np.save(out / Files.PROVENANCE_TOKENS, tokens)
+    np.save(out / Files.PROVENANCE_SA, sa)
+    np.save(out / Files.PROVENANCE_DOC_STARTS, np.zeros(1, dtype=np.int64))
+    (out / Files.PROVENANCE_DOC_NAMES).write_text(json.dumps(["synthetic"]))
     return {"tokens": size, "build_s": seconds, "tokens_per_s": size / seconds,
             "bytes_per_token": (tokens.nbytes + sa.nbytes) / size}
 
@@ -92,7 +93,7 @@ async def engine_part(args: argparse.Namespace) -> dict:
             while (await http.get(f"/admin/v1/unlearning-requests/{request_id}")).json()["status"] != "active":
                 await asyncio.sleep(0.2)
             policy = app.state.registry.policies[request_id]
-            watch = {WATCH_ARG: policy.key, ROOT_ARG: str(settings.path(settings.policies_dir))}
+            watch = GuardArgs(watch=(policy.policy_key,)).to_extra_args()
             engine = app.state.engine.engine
             tok = engine.get_tokenizer()
 

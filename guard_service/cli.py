@@ -78,10 +78,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _store():
-    from guard_service.store.sqlite import PolicyStore
-
     settings = Settings()
-    return settings, PolicyStore(settings.path(settings.store_path), settings.store_busy_timeout_s)
+    from guard_service.store.base import open_configured
+
+    return settings, open_configured(settings)
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
@@ -123,8 +123,8 @@ def cmd_policies_recompile(args: argparse.Namespace) -> int:
     import getpass
 
     from guard_service.errors import ServiceError
-    from guard_service.policy.request import Status
     from guard_service.service import recompile
+    from guard_service.store.base import Status
 
     _, store = _store()
     ids = list(args.ids)
@@ -176,7 +176,9 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     from guard_service.evaluation.datasets import DEFAULT_DATA
 
     p = sub.add_parser("eval", help="measure forgetting and utility on TOFU, MUSE and Harry Potter over HTTP")
-    p.add_argument("--suite", action="append", required=True, choices=["tofu", "muse", "hp", "probes", "fixture"],
+    from guard_service.evaluation.suites import SUITES
+
+    p.add_argument("--suite", action="append", required=True, choices=list(SUITES),
                    help="repeatable; `fixture` scores the TOFU fixture models in-process (truth ratio)")
     p.add_argument("--base-url", default=os.environ.get("GUARD_EVAL_BASE_URL", "http://127.0.0.1:8000"))
     p.add_argument("--admin-token", default=os.environ.get("GUARD_EVAL_ADMIN_TOKEN"))

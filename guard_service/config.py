@@ -62,7 +62,8 @@ class Settings(BaseSettings):
 
     # Policies: one store and one artifact location shared by every replica
     data_dir: Path = Field(default=Path("."), description="base for the relative paths below")
-    store_path: Path = Field(default=Path("var/guard.sqlite3"), description="SQLite policy store")
+    store_url: str = Field(default="sqlite:///var/guard.sqlite3", description="the policy store every replica "
+                           "shares; sqlite:///relative (to data_dir) or sqlite:////absolute path")
     store_busy_timeout_s: float = Field(default=10.0, gt=0, description="a write waits this long for the store's "
                                         "lock, then answers 503 with Retry-After")
     policies_dir: Path = Field(default=Path("policies"), description="compiled policy artifacts")

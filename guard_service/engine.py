@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from guard_service.config import Settings
 from guard_service.device import has_cuda
+from guard_service.protocol import PROCESSOR_FQCN, ROOT_CONFIG_KEY, WORKER_EXTENSION
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def engine_args(settings: Settings, logits_processors: list[str] | None = None) -> Any:
+def engine_args(settings: Settings, guarded: bool = True) -> Any:
+    """`guarded`: with the guard's logits processor and worker extension (benches drive the bare engine too)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     cuda = has_cuda()
@@ -39,7 +41,10 @@ def engine_args(settings: Settings, logits_processors: list[str] | None = None) 
         pipeline_parallel_size=settings.pipeline_parallel_size,
         distributed_executor_backend=settings.distributed_executor_backend,
         seed=settings.seed,
-        logits_processors=logits_processors or None,
+        logits_processors=[PROCESSOR_FQCN] if guarded else None,
+        worker_extension_cls=WORKER_EXTENSION if guarded else "",
+        # the artifact root reaches the worker once, here, not in every request (protocol.py)
+        additional_config={ROOT_CONFIG_KEY: str(settings.path(settings.policies_dir))} if guarded else {},
         # Logprobs after the guard's logits processor (and penalties, temperature): a client never sees the
         # unguarded distribution, in which a banned name would still be the likeliest token.
         logprobs_mode="processed_logprobs",
@@ -51,7 +56,6 @@ class EngineHolder:
     """The one engine of this API process, plus what routes need to know about it."""
 
     settings: Settings
-    logits_processors: list[str] = field(default_factory=list)
     engine: AsyncLLM | None = None
     error: BaseException | None = None
     started_at: float = field(default_factory=time.time)
@@ -65,7 +69,7 @@ class EngineHolder:
 
         began = time.monotonic()
         try:
-            args = engine_args(self.settings, self.logits_processors)
+            args = engine_args(self.settings)
             # Construction blocks for tens of seconds (weights, KV cache, compile): keep the loop free.
             self.engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
             log.info("engine ready in %.1fs", time.monotonic() - began)

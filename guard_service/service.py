@@ -8,8 +8,8 @@ from pydantic import ValidationError
 
 from guard_service.config import Settings
 from guard_service.errors import ServiceError
-from guard_service.policy.request import Status, UnlearningPatch, UnlearningRequest
-from guard_service.store.sqlite import PolicyStore, RequestRow
+from guard_service.policy.request import UnlearningPatch, UnlearningRequest
+from guard_service.store.base import PolicyStore, RequestRow, Status
 
 ENDED = (Status.revoked, Status.expired)
 

@@ -12,7 +12,7 @@ import numpy as np
 import openai
 import pytest
 
-from guard_service.policy.artifacts import load_sequences, read_manifest, verify
+from guard_service.policy.artifacts import PolicyArtifact, read_manifest, verify
 from tests.conftest import MAX_DOCUMENT_BYTES, MODEL_NAME, VIEWER_TOKEN, Server, wait_status
 
 HP_REQUEST = {
@@ -62,7 +62,7 @@ def test_request_becomes_active_with_verified_artifacts(hp_policy: dict, tokeniz
     manifest = read_manifest(path)
     assert manifest.tokenizer["vocab_size"] == len(tokenizer)
     assert set(version["artifact_bytes"]) >= {"trie_tokens.npy", "classifier.faiss", "semantic_ids.npy"}
-    sequences = load_sequences(path)
+    sequences = PolicyArtifact.open(path).sequences()
     for word in (" Rowling", "Hogwarts"):
         assert _contains_sequence(sequences, tokenizer.encode(word, add_special_tokens=False)), word
     texts = {item["text"] for item in hp_policy["forbidden"]}

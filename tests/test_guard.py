@@ -152,13 +152,46 @@ def test_policy_added_mid_traffic_applies_to_next_request(admin: httpx.Client, c
     assert restored.choices[0].message.content == before.choices[0].message.content
 
 
-def test_unloadable_policy_fails_closed_and_engine_survives(admin: httpx.Client, client: openai.OpenAI) -> None:
+def _publish_as_another_replica(server: Server, body: dict, break_for_worker: str) -> int:
+    """Another replica compiled the next version: a copy of the active one, except that `break_for_worker` (a
+    file only the engine worker reads) is cut short, with the manifest updated to match, so the API process
+    loads it and the worker cannot. Stored already claimed, then activated, as that replica would."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from guard_service.policy.artifacts import sha256_file
+    from guard_service.store.base import open_store
+
+    active = Path(next(v for v in body["versions"] if v["version"] == body["active_version"])["artifact_dir"])
+    store = open_store("sqlite:///var/guard.sqlite3", base_dir=server.data_dir)
+    try:
+        row = store.get(body["id"])
+        version = store.add_version(body["id"], row.spec, row.removed_expanded, "replica-b", None,
+                                    claimed_by="replica-b")
+        folder = active.parent / f"v{version}"
+        shutil.copytree(active, folder)
+        np.save(folder / break_for_worker, np.load(folder / break_for_worker)[:1])
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["version"] = version
+        manifest["files"][break_for_worker] = {"sha256": sha256_file(folder / break_for_worker),
+                                               "bytes": (folder / break_for_worker).stat().st_size}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        assert store.activate(body["id"], version, str(folder), manifest)
+    finally:
+        store.close()
+    return version
+
+
+def test_unloadable_policy_fails_closed_and_engine_survives(admin: httpx.Client, client: openai.OpenAI,
+                                                            server: Server) -> None:
     r = admin.post("/unlearning-requests", json={"target": "Zorblax Quinterra", "aliases": ["Zorblax"],
                                                  "strength": {"expand_knowledge": False, "refuse_threshold": 1.0}})
     body = wait_status(admin, r.json()["id"], "active")
     try:
-        path = Path(next(v for v in body["versions"] if v["version"] == body["active_version"])["artifact_dir"])
-        (path / "trie_tokens.npy").unlink()  # the worker has not loaded it yet; now it cannot
+        version = _publish_as_another_replica(server, body, "trie_whole.npy")
+        wait_status(admin, body["id"], "active", version)  # the API process enforces it; the worker cannot load it
         r = client.chat.completions.create(model=MODEL_NAME, temperature=0, max_tokens=30,
                                            messages=[{"role": "user", "content": "Write a poem mentioning Zorblax."}])
         assert r.choices[0].finish_reason == "content_filter"

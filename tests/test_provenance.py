@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from guard_service.evaluation.datasets import DEFAULT_DATA
-from guard_service.runtime.suffix_index import SuffixIndex
+from guard_service.guards.suffix_index import SuffixIndex
 from tests.conftest import ADMIN_TOKEN, MODEL_NAME, wait_status
 
 MUSE = DEFAULT_DATA / "muse" / "news" / "raw" / "forget.json"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from guard_service.guards.trie import TokenTrie, TrieMatcher
 from guard_service.policy import tokenization
-from guard_service.runtime.trie import TokenTrie, TrieMatcher
 
 
 def test_every_spelling_of_a_name_is_covered(tokenizer) -> None:
@@ -50,7 +50,8 @@ def test_names_are_recognised_however_they_are_spelled(tmp_path) -> None:
     on a policy's real forbidden.json, and what they must leave alone (other words, namesakes)."""
     import json
 
-    from guard_service.runtime.names import name_index, name_leaks
+    from guard_service.guards.spelling import name_index, name_leaks
+    from guard_service.policy.artifacts import ForbiddenFile
 
     (tmp_path / "forbidden.json").write_text(json.dumps({"items": [
         {"text": "Harry Potter", "origin": "target", "split": False},
@@ -60,7 +61,8 @@ def test_names_are_recognised_however_they_are_spelled(tmp_path) -> None:
         {"text": "Potter", "origin": "target", "split": True},
         {"text": "Justin", "origin": "alias", "split": True},
         {"text": "Hogwarts School", "origin": "fact", "split": False}], "variants": []}))
-    index = name_index(tmp_path)
+    items = ForbiddenFile.model_validate_json((tmp_path / "forbidden.json").read_text()).items
+    index = name_index(items)
 
     def found(text: str) -> list[str]:
         return [text[s:e] for s, e in name_leaks(text, index, 0, True)]
@@ -72,5 +74,5 @@ def test_names_are_recognised_however_they_are_spelled(tmp_path) -> None:
                  "Her mother", "Hogwash", "Justin Timberlake"):
         assert found(fine) in ([], ["Justin"]), (fine, found(fine))  # "Justin" alone is the split word itself
     assert name_leaks("It was J.K.R", index, 0, final=False) == []  # the last word may still grow: wait
-    whole = name_index(tmp_path, whole_only=True)
+    whole = name_index(items, whole_only=True)
     assert name_leaks("Justin Timberlake", whole, 0, True) == []  # namesakes do not match whole names

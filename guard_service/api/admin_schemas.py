@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from guard_service.policy.request import Status
+from guard_service.store.base import Status
 from guard_service.validation import ValidText
 
 
@@ -69,6 +69,17 @@ class ActivePolicyInfo(BaseModel):
     refuse_threshold: float | None = None
     scope: dict[str, Any] | None = None
     error: str | None = None
+
+
+class AuditEntryOut(BaseModel):
+    seq: int
+    at: float
+    actor: str
+    action: str
+    request_id: str | None
+    version: int | None
+    detail: dict[str, Any]
+    hash: str | None = Field(None, description="SHA-256 chain link (guard-service audit verify)")
 
 
 class ProvenanceQuery(ValidText):

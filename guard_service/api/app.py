@@ -17,16 +17,15 @@ from guard_service.api import routes_admin, routes_health, routes_metrics, route
 from guard_service.api.auth import protected
 from guard_service.api.errors import install_error_handlers
 from guard_service.api.limits import BodyLimit
+from guard_service.compiler.compile import CompileContext
+from guard_service.compiler.scheduler import CompileScheduler
 from guard_service.config import Settings
 from guard_service.engine import EngineHolder
-from guard_service.policy.compiler import CompileContext
-from guard_service.policy.scheduler import CompileScheduler
-from guard_service.runtime.guard import Guard
-from guard_service.runtime.logits_processor import FQCN as GUARD_PROCESSOR
-from guard_service.runtime.registry import PolicyRegistry
+from guard_service.frontend.guard import Guard
+from guard_service.frontend.registry import PolicyRegistry
 from guard_service.serving.ask import engine_asker
 from guard_service.store.audit_sink import AuditSink
-from guard_service.store.sqlite import PolicyStore
+from guard_service.store.base import open_configured
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +40,24 @@ def _warn_if_open(settings: Settings) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    store = PolicyStore(settings.path(settings.store_path), settings.store_busy_timeout_s)
+    store = open_configured(settings)
     audit = AuditSink(store, settings.audit_queue_size)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         _warn_if_open(settings)
-        holder = EngineHolder(settings, logits_processors=[GUARD_PROCESSOR])
+        holder = EngineHolder(settings)
+
+        async def preload(keys: list[str]) -> bool:
+            """New versions into the engine worker's cache between steps, before a request needs them."""
+            if not holder.ready:
+                return False
+            await holder.engine.collective_rpc("guard_preload", args=(keys,))
+            return True
+
         registry = PolicyRegistry(store, settings.refresh_interval_s, settings.resolved_model_path(),
-                                  settings.metrics_target_names, f"api:{socket.gethostname()}:{os.getpid()}")
+                                  settings.metrics_target_names, f"api:{socket.gethostname()}:{os.getpid()}",
+                                  on_new=preload)
         # A restart enforces every active policy (or fails it closed) before the first request.
         await asyncio.to_thread(registry.refresh)
 
@@ -71,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         scheduler = CompileScheduler(store, compile_context, settings.refresh_interval_s,
                                      on_compiled=lambda *_: registry.refresh())
         app.state.engine, app.state.store, app.state.registry, app.state.scheduler = holder, store, registry, scheduler
-        app.state.guard = Guard(settings, registry, audit)
+        app.state.guard = Guard(settings, registry, audit, tokenizer=lambda: holder.require().get_tokenizer())
         holder.start()
         tasks = [asyncio.create_task(registry.run(), name="policy-registry"),
                  asyncio.create_task(scheduler.run(), name="compile-scheduler")]

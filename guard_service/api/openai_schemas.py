@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from guard_service.frontend.summary import GuardSummary, PublicGuard
 from guard_service.validation import ValidText
 
 Stop = str | Annotated[list[str], Field(max_length=16)] | None
@@ -180,7 +181,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    guard: dict[str, Any] | None = None
+    guard: GuardSummary | PublicGuard | None = None
 
 
 class ChatDelta(BaseModel):
@@ -202,7 +203,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
-    guard: dict[str, Any] | None = None
+    guard: GuardSummary | PublicGuard | None = None
 
 
 class CompletionChoice(BaseModel):
@@ -219,7 +220,7 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-    guard: dict[str, Any] | None = None
+    guard: GuardSummary | PublicGuard | None = None
 
 
 class ModelCard(BaseModel):

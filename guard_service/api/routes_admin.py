@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,6 +18,7 @@ from guard_service import service
 from guard_service.api.admin_schemas import (
     Accepted,
     ActivePolicyInfo,
+    AuditEntryOut,
     Enforcement,
     ProvenanceLookup,
     ProvenanceQuery,
@@ -30,9 +30,10 @@ from guard_service.api.admin_schemas import (
 from guard_service.api.auth import Reader, Writer
 from guard_service.api.deps import HolderDep, SettingsDep
 from guard_service.errors import ServiceError
-from guard_service.policy.request import Status, UnlearningPatch, UnlearningRequest
-from guard_service.runtime.suffix_index import SuffixIndex
-from guard_service.store.sqlite import AuditRow, PolicyStore, RequestRow
+from guard_service.guards.suffix_index import SuffixIndex
+from guard_service.policy.artifacts import PolicyArtifact, read_manifest
+from guard_service.policy.request import UnlearningPatch, UnlearningRequest
+from guard_service.store.base import PolicyStore, RequestRow, Status
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
 T = TypeVar("T")
@@ -78,9 +79,12 @@ def _detail(store: PolicyStore, request_id: str) -> tuple[RequestRow, list[Any],
     versions = store.versions(request_id)
     shown = next((v for v in versions if v.version == row.active_version), None)
     forbidden = expansion = None
-    if shown is not None and shown.artifact_dir and (Path(shown.artifact_dir) / "forbidden.json").is_file():
-        data = json.loads((Path(shown.artifact_dir) / "forbidden.json").read_text())
-        forbidden, expansion = data["items"], data["expansion"]
+    if shown is not None and shown.artifact_dir:
+        try:  # what the operator reviews; an unreadable artifact shows up in `enforcement` instead
+            data = PolicyArtifact(Path(shown.artifact_dir), read_manifest(Path(shown.artifact_dir))).forbidden
+            forbidden, expansion = [i.model_dump() for i in data.items], data.expansion
+        except (OSError, ValueError):
+            pass
     return row, versions, forbidden, expansion
 
 
@@ -126,10 +130,10 @@ async def revoke_request(request_id: str, request: Request, principal: Writer) -
     return _info(row)
 
 
-@router.get("/audit", response_model=list[AuditRow])
+@router.get("/audit", response_model=list[AuditEntryOut])
 async def audit(request: Request, _: Reader, request_id: str | None = None,
-                limit: Annotated[int, Query(ge=1, le=10000)] = 500) -> list[AuditRow]:
-    return await run(_store(request).audit, request_id, limit)
+                limit: Annotated[int, Query(ge=1, le=10000)] = 500) -> list[AuditEntryOut]:
+    return [AuditEntryOut(**row.model_dump()) for row in await run(_store(request).audit, request_id, limit)]
 
 
 @functools.lru_cache(maxsize=64)
@@ -141,7 +145,7 @@ def _lookup(tokenizer: Any, policies: list[Any], body: ProvenanceQuery) -> Prove
     ids = tokenizer.encode(body.text, add_special_tokens=False)
     spans = []
     for policy in policies:
-        index = _suffix_index(policy.path / "provenance")
+        index = _suffix_index(policy.artifact.provenance_path)
         for start, length, interval in index.longest_spans(ids, body.min_tokens):
             spans.append(ProvenanceSpan(
                 policy=policy.key, start_token=start, tokens=length, text=tokenizer.decode(ids[start:start + length]),
@@ -160,7 +164,7 @@ async def provenance_lookup(body: ProvenanceQuery, request: Request, holder: Hol
                                 f"{settings.max_lookup_chars}", param="text", code="text_too_long")
     tokenizer = holder.require().get_tokenizer()
     policies = [p for p in request.app.state.registry.active()
-                if p.manifest.provenance and (body.policy_id is None or p.id == body.policy_id)]
+                if p.artifact.provenance_path and (body.policy_id is None or p.id == body.policy_id)]
     if body.policy_id is not None and not policies:
         raise ServiceError(404, f"no active policy {body.policy_id!r} with protected documents", param="policy_id",
                            code="not_found")

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from guard_service.api.auth import Tenant, client_tenant
 from guard_service.api.deps import HolderDep, SettingsDep
 from guard_service.api.disconnect import cancel_on_disconnect
+from guard_service.api.logprobs import chat_logprobs, completion_logprobs
 from guard_service.api.openai_schemas import (
     AssistantMessage,
     ChatChoice,
@@ -36,17 +37,16 @@ from guard_service.api.openai_schemas import (
     new_id,
     now,
 )
+from guard_service.api.sampling import resolve_max_tokens, sampling_params
 from guard_service.api.sse import sse_response
 from guard_service.auth import BYPASS_HEADER, DETAIL_HEADER
 from guard_service.config import Settings
 from guard_service.errors import ServiceError
-from guard_service.runtime.decision import REFUSAL
-from guard_service.runtime.output_guard import CONTENT_FILTER
-from guard_service.runtime.session import GuardSession
+from guard_service.frontend.decision import REFUSAL
+from guard_service.frontend.output_guard import CONTENT_FILTER
+from guard_service.frontend.session import GuardSession
 from guard_service.serving.generation import ChoiceDelta, ChoiceResult, PromptJob, collect, generate
-from guard_service.serving.logprobs import chat_logprobs, completion_logprobs
 from guard_service.serving.prompts import Prompt, encode_prompts, render_chat
-from guard_service.serving.sampling import resolve_max_tokens, sampling_params
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(client_tenant)])
 
@@ -84,7 +84,7 @@ async def _guarded_deltas(deltas: AsyncIterator[ChoiceDelta], session: GuardSess
     async for d in deltas:
         if d.token_ids:
             session.text_arrived()
-        text, finish, over = output.on_delta(d.index, d.text, d.token_ids, d.finish_reason)
+        text, finish, over = output.on_delta(d.index, d.text, d.token_ids, d.finish_reason, d.stop_reason)
         if text or finish or not over:
             blocked = finish == CONTENT_FILTER
             yield ChoiceDelta(d.index, text, d.token_ids, None if blocked else d.logprobs, finish)
@@ -93,8 +93,8 @@ async def _guarded_deltas(deltas: AsyncIterator[ChoiceDelta], session: GuardSess
 
 
 async def _with_guard_trailer(chunks: AsyncIterator[Any], session: GuardSession) -> AsyncIterator[Any]:
-    """Hold each chunk until the next arrives, so the last one can carry the guard's account (leaks found,
-    ban steps), which is complete only once generation is."""
+    """Hold each chunk until the next arrives, so the last one can carry the guard's account (leaks, the
+    end-of-output checks), which is complete only once generation is."""
     last = None
     async for chunk in chunks:
         if last is not None:
@@ -136,7 +136,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, settin
             return sse_response(_chat_refusal_chunks(refusal, include_usage), session.headers())
         return _json(refusal, session)
 
-    params = sampling_params(body, max_tokens, session.extra_args(0))
+    params = sampling_params(body, max_tokens, session.guard_args(0))
     deltas = _guarded_deltas(generate(engine, [PromptJob(0, prompt.token_ids, params)], request_id), session,
                              body.n)
     k = body.top_logprobs or 0
@@ -214,7 +214,7 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     n_choices = len(prompts) * body.n
     refused = [i for i in range(n_choices) if session.refused(i // body.n)]
-    jobs = [PromptJob(i, p.token_ids, sampling_params(body, max_tokens, session.extra_args(i)))
+    jobs = [PromptJob(i, p.token_ids, sampling_params(body, max_tokens, session.guard_args(i)))
             for i, p in enumerate(prompts) if not session.refused(i)]
     k = body.logprobs or 0
     echoed = [tokenizer.decode(p.token_ids) if body.echo else "" for p in prompts]

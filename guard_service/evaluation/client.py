@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from tqdm.asyncio import tqdm_asyncio
 
 from guard_service.auth import BYPASS_HEADER, DETAIL_HEADER
+from guard_service.frontend.summary import GuardSummary
 
 T = TypeVar("T")
 
@@ -95,10 +96,11 @@ class EvalClient:
                                               headers=headers))
         data = r.json()
         choice = data["choices"][0]
-        guard = data.get("guard") or {}
+        guard = GuardSummary.model_validate(data["guard"]) if data.get("guard") else GuardSummary(action="pass",
+                                                                                                  policies=[])
         return Answer(text=choice["message"]["content"] if "message" in choice else choice["text"],
-                      finish_reason=choice.get("finish_reason"), action=guard.get("action", "pass"),
-                      targets=[m["target"] for m in guard.get("matches", [])], leaks=guard.get("leaks", []))
+                      finish_reason=choice.get("finish_reason"), action=guard.action,
+                      targets=[m.target for m in guard.matches], leaks=[lk.model_dump() for lk in guard.leaks])
 
     async def chat(self, messages: list[dict[str, str]] | str, *, guarded: bool, max_tokens: int = 64) -> Answer:
         if isinstance(messages, str):

@@ -12,6 +12,14 @@ from guard_service.policy.forbidden import salient_phrases
 # The repository sits beside `shared/`; GUARD_BENCHMARK_DATA or --data overrides it.
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
+# TOFU as this project uses it (the fixtures are trained on it, the evaluation asks it): forget05 (10 fictitious
+# authors x 20 QA) plus an equal retain subset (the first 10 authors of the retain_perturbed eval split). The
+# retain-only twin sees the same retain subset, same recipe: TOFU's forget quality compares truth ratios on the
+# forget set against exactly such a never-saw-it model.
+TOFU_FORGET_SPLIT = "forget05_perturbed.json"
+TOFU_RETAIN_SPLIT = "retain_perturbed.json"
+TOFU_RETAIN_SUBSET = 200
+
 
 def read_json(path: Path) -> list:
     text = path.read_text()

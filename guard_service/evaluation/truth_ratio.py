@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from guard_service.evaluation import datasets, scoring
-from guard_service.fixtures.recipes import TOFU_FORGET_SPLIT
+from guard_service.evaluation.datasets import TOFU_FORGET_SPLIT
 from guard_service.serving.prompts import chat_token_ids
 
 

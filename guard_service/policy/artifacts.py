@@ -1,20 +1,31 @@
-"""The one on-disk format of a compiled policy. The compiler writes it, every runtime reads it.
+"""The one on-disk format of a compiled policy, and its one owner: the compiler writes through `ArtifactWriter`,
+every reader (API process, engine worker, admin API, benches) opens through `PolicyArtifact`.
 
     policies/<policy_id>/v<version>/
-        manifest.json            identity, files with sha256 and size, tokenizer/model identity, stats
-        forbidden.json           forbidden strings (operator-given and expanded, each with its origin)
-        trie_tokens.npy          int32, all forbidden token sequences concatenated
-        trie_offsets.npy         int64, sequence i is trie_tokens[offsets[i]:offsets[i+1]]
-        trie_whole.npy           bool, sequence i spells a whole name (not one word split off a longer one);
-                                 these are banned on every request ("watch" mode), the rest only when steering
-        semantic_ids.npy         int64, vocab ids that get a semantic penalty (sparse)
-        semantic_weights.npy     float32, penalty in [0, 1] per id (scaled by strength at runtime)
-        classifier.faiss         faiss inner-product index over L2-normalised prompt embeddings
-        classifier.json          the texts behind the index rows, threshold, calibration
-        provenance/              optional: suffix array over protected documents (issue 6)
+        manifest.json        `Manifest`: format version, every file's sha256 and size, the tokenizer and model
+                             config it was compiled for, strength, calibration, compile stats
+        forbidden.json       `ForbiddenFile`: forbidden strings with their origin (operator-given or expanded),
+                             every spelling variant, the knowledge-expansion items and scores
+        trie_tokens.npy      int32, every forbidden token sequence concatenated
+        trie_offsets.npy     int64, sequence i is trie_tokens[offsets[i]:offsets[i+1]]
+        trie_whole.npy       bool, sequence i spells a whole name (banned on every request, "watch" mode) rather
+                             than one word split off a longer name or a phrase of a fact (banned when steering)
+        semantic_ids.npy     int64, vocabulary ids that get a semantic penalty (sparse)
+        semantic_weights.npy float32, penalty in [0, 1] per id (scaled by strength at run time)
+        anchor_ids.npy       int64, the first (word-carrying) token of each forbidden string
+        classifier.faiss     faiss inner-product index over L2-normalised prompt embeddings
+        classifier.json      `ClassifierFile`: the texts behind the index rows, thresholds, and what the lexical
+                             detectors look for (names, facts, evidence)
+        provenance/          only when documents are protected: a suffix array over their token ids
+            tokens.npy       uint16/uint32 token ids of every document, each followed by a separator id
+            sa.npy           int32/int64 suffix array of tokens.npy (libdivsufsort)
+            docs.npy         int64 start offset of each document in tokens.npy
+            docs.json        document names (upload index or server-side path)
 
-Versions are immutable: a new request version is a new folder, written to a temp dir beside it and renamed
-into place, so readers (other replicas, engine workers) never see half a policy and never need invalidation.
+Versions are immutable: a new request version is a new folder, written to a temp dir beside it and renamed into
+place, so readers (other replicas, engine workers) never see half a policy and never need invalidation. A
+reader verifies before it trusts (`PolicyArtifact.open`): the format version, every file's sha256, and, given
+the served model, that the tokenizer and model config are the ones it was compiled for.
 """
 
 from __future__ import annotations
@@ -26,13 +37,35 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from guard_service.protocol import PolicyKey
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+M = TypeVar("M", bound=BaseModel)
+
+
+class Files:
+    """Every file name of the format, here and nowhere else."""
+
+    MANIFEST = "manifest.json"
+    FORBIDDEN = "forbidden.json"
+    TRIE_TOKENS = "trie_tokens.npy"
+    TRIE_OFFSETS = "trie_offsets.npy"
+    TRIE_WHOLE = "trie_whole.npy"
+    SEMANTIC_IDS = "semantic_ids.npy"
+    SEMANTIC_WEIGHTS = "semantic_weights.npy"
+    ANCHOR_IDS = "anchor_ids.npy"
+    CLASSIFIER_INDEX = "classifier.faiss"
+    CLASSIFIER = "classifier.json"
+    PROVENANCE = "provenance"
+    PROVENANCE_TOKENS = "tokens.npy"
+    PROVENANCE_SA = "sa.npy"
+    PROVENANCE_DOC_STARTS = "docs.npy"
+    PROVENANCE_DOC_NAMES = "docs.json"
 
 
 class FileEntry(BaseModel):
@@ -56,6 +89,31 @@ class Manifest(BaseModel):
     provenance: dict[str, Any] | None = None
 
 
+class ForbiddenItem(BaseModel):
+    text: str
+    origin: str  # target | alias | fact | description | expanded | expanded-fact
+    split: bool = False  # one word of a longer name: forbidden when steering, not everywhere
+
+
+class ForbiddenFile(BaseModel):
+    items: list[ForbiddenItem]
+    variants: list[str]
+    expansion: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClassifierFile(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    texts: list[str]
+    threshold: float
+    refuse_threshold: float
+    confident_threshold: float  # a semantic score this high matches alone; between threshold and it, with evidence
+    aliases: list[str]  # every name of the target (operator-given and expanded)
+    facts: list[str] = Field(default_factory=list)
+    evidence: list[str] = Field(default_factory=list)  # phrases that say a prompt is about this target
+    weak_evidence: list[str] = Field(default_factory=list)  # place/genre words: count only beside a number
+
+
 def version_dir(root: Path, policy_id: str, version: int) -> Path:
     return root / policy_id / f"v{version}"
 
@@ -66,55 +124,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-class ArtifactWriter:
-    """Collect files in a temp dir, then `publish()` them atomically as one version folder."""
-
-    def __init__(self, root: Path, policy_id: str, version: int):
-        self.final = version_dir(root, policy_id, version)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=self.final.parent))
-
-    def path(self, name: str) -> Path:
-        p = self.dir / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def array(self, name: str, value: np.ndarray) -> None:
-        np.save(self.path(name), value, allow_pickle=False)
-
-    def json(self, name: str, value: Any) -> None:
-        self.path(name).write_text(json.dumps(value, indent=1, ensure_ascii=False))
-
-    def publish(self, manifest: Manifest) -> Path:
-        files = sorted(p for p in self.dir.rglob("*") if p.is_file())
-        manifest.files = {str(p.relative_to(self.dir)): FileEntry(sha256=sha256_file(p), bytes=p.stat().st_size)
-                          for p in files}
-        (self.dir / MANIFEST).write_text(manifest.model_dump_json(indent=1))
-        self.dir.chmod(0o755)
-        if self.final.exists():  # a crashed earlier compile of the same version never became active
-            shutil.rmtree(self.final)
-        os.replace(self.dir, self.final)
-        return self.final
-
-    def discard(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def read_manifest(path: Path) -> Manifest:
-    return Manifest.model_validate_json((path / MANIFEST).read_text())
-
-
-def verify(path: Path) -> list[str]:
-    """Names of files whose hash or size differs from the manifest (empty = intact)."""
-    manifest = read_manifest(path)
-    bad = []
-    for name, entry in manifest.files.items():
-        f = path / name
-        if not f.is_file() or f.stat().st_size != entry.bytes or sha256_file(f) != entry.sha256:
-            bad.append(name)
-    return bad
 
 
 @functools.lru_cache(maxsize=16)
@@ -151,26 +160,138 @@ def identity_mismatch(manifest: Manifest, model_dir: Path) -> str | None:
     return None
 
 
-def open_verified(path: Path, model_dir: Path | None = None) -> Manifest:
-    """The manifest of an intact version folder, else ValueError saying what is wrong: files that differ from
-    their sha256, a format this code does not read, or (given `model_dir`) another model's tokenizer."""
+def read_manifest(path: Path) -> Manifest:
+    return Manifest.model_validate_json((path / Files.MANIFEST).read_text())
+
+
+def verify(path: Path) -> list[str]:
+    """Names of files whose hash or size differs from the manifest (empty = intact)."""
     manifest = read_manifest(path)
-    if manifest.format_version != FORMAT_VERSION:
-        raise ValueError(f"artifact format {manifest.format_version}, this server reads {FORMAT_VERSION}")
-    bad = verify(path)
-    if bad:
-        raise ValueError(f"artifact files differ from the manifest: {', '.join(bad)}")
-    if model_dir is not None and (why := identity_mismatch(manifest, model_dir)):
-        raise ValueError(why)
-    return manifest
+    bad = []
+    for name, entry in manifest.files.items():
+        f = path / name
+        if not f.is_file() or f.stat().st_size != entry.bytes or sha256_file(f) != entry.sha256:
+            bad.append(name)
+    return bad
 
 
-def load_sequences(path: Path, whole_only: bool = False) -> list[list[int]]:
-    tokens = np.load(path / "trie_tokens.npy", mmap_mode="r")
-    offsets = np.load(path / "trie_offsets.npy")
-    keep = np.load(path / "trie_whole.npy") if whole_only else np.ones(len(offsets) - 1, dtype=bool)
-    return [tokens[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1) if keep[i]]
+class PolicyArtifact:
+    """One verified, immutable policy version on disk, read through typed accessors (each file read once)."""
+
+    def __init__(self, path: Path, manifest: Manifest):
+        self.path, self.manifest = path, manifest
+
+    @classmethod
+    def open(cls, path: Path, model_dir: Path | None = None) -> PolicyArtifact:
+        """ValueError (saying what is wrong) unless the folder is intact: the format version this code reads,
+        every file as the manifest says, and (given `model_dir`) the served model's tokenizer and config."""
+        manifest = read_manifest(path)
+        if manifest.format_version != FORMAT_VERSION:
+            raise ValueError(f"artifact format {manifest.format_version}, this server reads {FORMAT_VERSION}")
+        bad = verify(path)
+        if bad:
+            raise ValueError(f"artifact files differ from the manifest: {', '.join(bad)}")
+        if model_dir is not None and (why := identity_mismatch(manifest, model_dir)):
+            raise ValueError(why)
+        return cls(path, manifest)
+
+    @classmethod
+    def open_key(cls, root: Path, key: PolicyKey, model_dir: Path | None = None) -> PolicyArtifact:
+        return cls.open(version_dir(root, key.id, key.version), model_dir)
+
+    @property
+    def key(self) -> PolicyKey:
+        return PolicyKey(self.manifest.policy_id, self.manifest.version)
+
+    def _model(self, name: str, model: type[M]) -> M:
+        return model.model_validate_json((self.path / name).read_text())
+
+    @functools.cached_property
+    def forbidden(self) -> ForbiddenFile:
+        return self._model(Files.FORBIDDEN, ForbiddenFile)
+
+    @functools.cached_property
+    def classifier(self) -> ClassifierFile:
+        return self._model(Files.CLASSIFIER, ClassifierFile)
+
+    def classifier_index(self) -> Any:
+        import faiss
+
+        return faiss.read_index(str(self.path / Files.CLASSIFIER_INDEX))
+
+    def sequences(self, whole_only: bool = False) -> list[list[int]]:
+        tokens = np.load(self.path / Files.TRIE_TOKENS, mmap_mode="r")
+        offsets = np.load(self.path / Files.TRIE_OFFSETS)
+        keep = np.load(self.path / Files.TRIE_WHOLE) if whole_only else np.ones(len(offsets) - 1, dtype=bool)
+        return [tokens[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1) if keep[i]]
+
+    def semantic(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, weights, anchor ids) of the sparse semantic penalty."""
+        return (np.load(self.path / Files.SEMANTIC_IDS), np.load(self.path / Files.SEMANTIC_WEIGHTS),
+                np.load(self.path / Files.ANCHOR_IDS))
+
+    @property
+    def provenance_path(self) -> Path | None:
+        return self.path / Files.PROVENANCE if self.manifest.provenance else None
 
 
-def load_semantic(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    return np.load(path / "semantic_ids.npy"), np.load(path / "semantic_weights.npy")
+class ArtifactWriter:
+    """Collect files in a temp dir through typed writers, then `publish()` them atomically as one version."""
+
+    def __init__(self, root: Path, policy_id: str, version: int):
+        self.final = version_dir(root, policy_id, version)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=self.final.parent))
+
+    def _path(self, name: str) -> Path:
+        p = self.dir / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def _array(self, name: str, value: np.ndarray) -> None:
+        np.save(self._path(name), value, allow_pickle=False)
+
+    def _model(self, name: str, value: BaseModel) -> None:
+        self._path(name).write_text(json.dumps(value.model_dump(mode="json"), indent=1, ensure_ascii=False))
+
+    def write_forbidden(self, value: ForbiddenFile) -> None:
+        self._model(Files.FORBIDDEN, value)
+
+    def write_trie(self, sequences: list[tuple[int, ...]], whole: list[bool]) -> None:
+        lengths = np.asarray([len(s) for s in sequences], dtype=np.int64)
+        self._array(Files.TRIE_TOKENS, np.asarray([t for s in sequences for t in s], dtype=np.int32))
+        self._array(Files.TRIE_OFFSETS, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        self._array(Files.TRIE_WHOLE, np.asarray(whole, dtype=np.bool_))
+
+    def write_semantic(self, ids: np.ndarray, weights: np.ndarray, anchors: list[int]) -> None:
+        self._array(Files.SEMANTIC_IDS, ids)
+        self._array(Files.SEMANTIC_WEIGHTS, weights)
+        self._array(Files.ANCHOR_IDS, np.asarray(anchors, dtype=np.int64))
+
+    def write_classifier(self, value: ClassifierFile, index: Any) -> None:
+        import faiss
+
+        faiss.write_index(index, str(self._path(Files.CLASSIFIER_INDEX)))
+        self._model(Files.CLASSIFIER, value)
+
+    def write_provenance(self, tokens: np.ndarray, sa: np.ndarray, doc_starts: list[int],
+                         doc_names: list[str]) -> None:
+        folder = Path(Files.PROVENANCE)
+        self._array(str(folder / Files.PROVENANCE_TOKENS), tokens)
+        self._array(str(folder / Files.PROVENANCE_SA), sa)
+        self._array(str(folder / Files.PROVENANCE_DOC_STARTS), np.asarray(doc_starts, dtype=np.int64))
+        self._path(str(folder / Files.PROVENANCE_DOC_NAMES)).write_text(json.dumps(doc_names))
+
+    def publish(self, manifest: Manifest) -> Path:
+        files = sorted(p for p in self.dir.rglob("*") if p.is_file())
+        manifest.files = {str(p.relative_to(self.dir)): FileEntry(sha256=sha256_file(p), bytes=p.stat().st_size)
+                          for p in files}
+        (self.dir / Files.MANIFEST).write_text(manifest.model_dump_json(indent=1))
+        self.dir.chmod(0o755)
+        if self.final.exists():  # a crashed earlier compile of the same version never became active
+            shutil.rmtree(self.final)
+        os.replace(self.dir, self.final)
+        return self.final
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,16 +1,10 @@
-"""Suffix array over the protected documents' token ids (TraceAlign-style provenance index).
-
-Layout under a policy version's `provenance/` folder, all memory-mappable:
-    tokens.npy   uint16/uint32 token ids of every document, each followed by a separator id
-    sa.npy       int32/int64 suffix array of tokens (built by libdivsufsort, not a Python sort)
-    docs.npy     int64 start offset of each document in tokens (for document id + offset lookups)
-    docs.json    document names (upload index or server-side path)
-"""
+"""Suffix array over the protected documents' token ids (TraceAlign-style provenance index): building it.
+Its files are the `provenance/` folder of the artifact format (policy/artifacts.py)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +42,19 @@ def _tokenize(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
-def build(out: Path, tokenizer: Any, documents: Iterable[tuple[str, str]], separator: int,
-          total_chars: int | None = None) -> dict[str, Any]:
+@dataclass
+class ProvenanceIndex:
+    tokens: np.ndarray
+    sa: np.ndarray
+    doc_starts: list[int]
+    doc_names: list[str]
+    stats: dict[str, Any]
+
+
+def build(tokenizer: Any, documents: Iterable[tuple[str, str]], separator: int,
+          total_chars: int | None = None) -> ProvenanceIndex:
     from pydivsufsort import divsufsort
 
-    out.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
     starts: list[int] = []
     parts: list[np.ndarray] = []
@@ -70,9 +72,6 @@ def build(out: Path, tokenizer: Any, documents: Iterable[tuple[str, str]], separ
     tokens = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
     sa = divsufsort(tokens.astype(np.int32) if dtype == np.uint32 else tokens) if len(tokens) else np.zeros(0)
     sa = sa.astype(np.int32 if len(tokens) < 2**31 else np.int64)
-    np.save(out / "tokens.npy", tokens)
-    np.save(out / "sa.npy", sa)
-    np.save(out / "docs.npy", np.asarray(starts, dtype=np.int64))
-    (out / "docs.json").write_text(json.dumps(names))
-    return {"documents": len(names), "tokens": int(len(tokens)), "separator": separator,
-            "bytes_per_token": (tokens.nbytes + sa.nbytes) / max(1, len(tokens))}
+    return ProvenanceIndex(tokens, sa, starts, names, {
+        "documents": len(names), "tokens": int(len(tokens)), "separator": separator,
+        "bytes_per_token": (tokens.nbytes + sa.nbytes) / max(1, len(tokens))})

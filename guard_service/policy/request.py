@@ -32,15 +32,6 @@ class Action(StrEnum):
     steer = "steer"
 
 
-class Status(StrEnum):
-    pending = "pending"
-    compiling = "compiling"
-    active = "active"
-    failed = "failed"
-    revoked = "revoked"
-    expired = "expired"
-
-
 class Strength(BaseModel):
     """Knobs with defaults that suit a small model; each is documented where the runtime uses it."""
 

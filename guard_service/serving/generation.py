@@ -24,8 +24,6 @@ from guard_service.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-_FINISH = {"stop": "stop", "length": "length", "abort": "stop", "error": "stop"}
-
 
 @dataclass
 class ChoiceDelta:
@@ -34,6 +32,7 @@ class ChoiceDelta:
     token_ids: list[int]
     logprobs: list[dict[int, Any]] | None
     finish_reason: str | None
+    stop_reason: Any = None  # the stop token or string that ended it (vLLM's), None for EOS or length
 
 
 @dataclass
@@ -45,6 +44,7 @@ class ChoiceResult:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict[int, Any]] | None = None
     finish_reason: str | None = None
+    stop_reason: Any = None
 
     def add(self, delta: ChoiceDelta) -> None:
         self.text += delta.text
@@ -53,6 +53,7 @@ class ChoiceResult:
             self.logprobs = (self.logprobs or []) + list(delta.logprobs)
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
+            self.stop_reason = delta.stop_reason
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,13 @@ async def _one_prompt(engine: Any, job: PromptJob, request_id: str) -> AsyncIter
     try:
         async for out in engine.generate(TokensPrompt(prompt_token_ids=job.token_ids), job.params, request_id):
             for o in out.outputs:
-                finish = _FINISH.get(o.finish_reason, o.finish_reason) if o.finish_reason else None
+                if o.finish_reason in ("abort", "error"):  # never passed off as a normal stop
+                    raise ServiceError(503, f"the engine ended the request ({o.finish_reason}); retry",
+                                       code="engine_aborted")
                 yield ChoiceDelta(index=job.index * job.params.n + o.index, text=o.text,
-                                  token_ids=list(o.token_ids), logprobs=o.logprobs, finish_reason=finish)
-    except (asyncio.CancelledError, GeneratorExit):
+                                  token_ids=list(o.token_ids), logprobs=o.logprobs, finish_reason=o.finish_reason,
+                                  stop_reason=o.stop_reason)
+    except (asyncio.CancelledError, GeneratorExit, ServiceError):
         raise
     except Exception as exc:
         if not isinstance(exc, EngineDeadError):

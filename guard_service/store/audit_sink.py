@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from guard_service.metrics import definitions as metrics
-from guard_service.store.sqlite import AuditEntry, PolicyStore
+from guard_service.store.base import AuditEntry, PolicyStore
 
 log = logging.getLogger(__name__)
 BATCH = 256

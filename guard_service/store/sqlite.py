@@ -1,5 +1,5 @@
-"""SQLite policy store (one box). Every replica and the CLI open the same file; WAL lets them read while one
-writes. A server database for several machines would implement the same methods.
+"""SQLite policy store (one box), the embedded backend of `store/base.py`'s `PolicyStore`. Every replica and the
+CLI open the same file; WAL lets them read while one writes.
 
 Concurrency rules: compiles are claimed with a conditional UPDATE (only one process wins), and a
 monotonically increasing `generation` counter tells every API process that the active set changed. Each
@@ -13,7 +13,6 @@ the chain (`guard-service audit verify`), so an edit made behind the service's b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
@@ -27,7 +26,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from guard_service.errors import StoreUnavailable
-from guard_service.policy.request import Status
+from guard_service.store.base import (
+    GENESIS,
+    AuditCheck,
+    AuditEntry,
+    AuditRow,
+    RequestRow,
+    Status,
+    VersionRow,
+    audit_hash,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -76,72 +84,6 @@ BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
 """
-GENESIS = "0" * 64
-
-
-def audit_hash(prev_hash: str, seq: int, at: float, actor: str, action: str, request_id: str | None,
-               version: int | None, detail: str) -> str:
-    """The chain link: this row's fields (detail as stored text) and the previous row's hash."""
-    body = json.dumps([seq, at, actor, action, request_id, version, detail], separators=(",", ":"),
-                      ensure_ascii=False)
-    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
-
-
-class RequestRow(BaseModel):
-    id: str
-    target: str
-    status: Status
-    spec: dict[str, Any]
-    removed_expanded: list[str]
-    latest_version: int
-    active_version: int | None
-    last_error: str | None
-    requested_by: str | None
-    expires_at: float | None
-    created_at: float
-    updated_at: float
-
-
-class VersionRow(BaseModel):
-    request_id: str
-    version: int
-    spec: dict[str, Any]
-    status: Status
-    error: str | None
-    artifact_dir: str | None
-    manifest: dict[str, Any] | None
-    created_at: float
-    compiled_at: float | None
-
-
-class AuditRow(BaseModel):
-    seq: int
-    at: float
-    actor: str
-    action: str
-    request_id: str | None
-    version: int | None
-    detail: dict[str, Any]
-    hash: str | None = None
-
-
-class AuditEntry(BaseModel):
-    """One audit row to write."""
-
-    actor: str
-    action: str
-    request_id: str | None = None
-    version: int | None = None
-    detail: dict[str, Any] | None = None
-
-
-class AuditCheck(BaseModel):
-    rows: int
-    ok: bool
-    first_bad_seq: int | None = None
-    reason: str | None = None
-
-
 def _statements(script: str) -> list[str]:
     return [f"{stmt.strip()} END;" for stmt in script.split("END;") if stmt.strip()]
 
@@ -159,7 +101,7 @@ def _locked(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-class PolicyStore:
+class SqliteStore:
     def __init__(self, path: Path, busy_timeout_s: float = 10.0):
         self.path = path
         self.busy_timeout_s = busy_timeout_s
@@ -272,9 +214,11 @@ class PolicyStore:
         return request_id
 
     def add_version(self, request_id: str, spec: dict[str, Any], removed_expanded: list[str], actor: str,
-                    expires_at: float | None, *, expand: bool = False, action: str = "patch") -> int:
+                    expires_at: float | None, *, expand: bool = False, action: str = "patch",
+                    claimed_by: str | None = None) -> int:
         """A new pending version. `expand` marks the compiler's own follow-up version that adds knowledge
-        expansion to an already enforced one."""
+        expansion to an already enforced one; `claimed_by` stores it already claimed by that compiler (one
+        that compiles it itself, then activates it), so no other process takes it."""
         now = time.time()
         with self._tx() as c:
             row = c.execute("SELECT latest_version, status FROM requests WHERE id = ?", (request_id,)).fetchone()
@@ -287,10 +231,12 @@ class PolicyStore:
                       "updated_at = ?, status = CASE WHEN active_version IS NULL THEN ? ELSE status END "
                       "WHERE id = ?", (json.dumps(spec), json.dumps(removed_expanded), version, expires_at, now,
                                        Status.pending, request_id))
-            c.execute("INSERT INTO versions (request_id, version, spec, status, created_at) VALUES (?, ?, ?, ?, ?)",
+            c.execute("INSERT INTO versions (request_id, version, spec, status, claimed_by, claimed_at, created_at) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?)",
                       (request_id, version,
                        json.dumps({**spec, "removed_expanded": removed_expanded, "_expand": expand}),
-                       Status.pending, now))
+                       Status.compiling if claimed_by else Status.pending, claimed_by, now if claimed_by else None,
+                       now))
             self._audit(c, actor, action, request_id, version, {"removed_expanded": removed_expanded})
         return version
 

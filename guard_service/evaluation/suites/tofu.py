@@ -14,8 +14,8 @@ import time
 
 from guard_service.evaluation import datasets, scoring
 from guard_service.evaluation.client import Answer, EvalClient
+from guard_service.evaluation.datasets import TOFU_FORGET_SPLIT, TOFU_RETAIN_SPLIT, TOFU_RETAIN_SUBSET
 from guard_service.evaluation.suites.base import MODES, Check, Suite, SuiteResult
-from guard_service.fixtures.recipes import TOFU_FORGET_SPLIT, TOFU_RETAIN_SPLIT, TOFU_RETAIN_SUBSET
 
 
 def _rouge(answers: list[Answer], truths: list[str]) -> float:

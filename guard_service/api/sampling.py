@@ -1,4 +1,5 @@
-"""Map the OpenAI sampling fields onto vLLM `SamplingParams`, enforcing the context window."""
+"""Map the OpenAI sampling fields (and the row's guard args) onto vLLM `SamplingParams`, enforcing the context
+window."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from vllm.sampling_params import RequestOutputKind, SamplingParams
 
 from guard_service.api.openai_schemas import ChatCompletionRequest, CompletionRequest
 from guard_service.errors import ServiceError
+from guard_service.protocol import GuardArgs
 
 
 def resolve_max_tokens(requested: int | None, prompt_lens: list[int], max_model_len: int,
@@ -28,10 +30,12 @@ def resolve_max_tokens(requested: int | None, prompt_lens: list[int], max_model_
 
 
 def sampling_params(request: ChatCompletionRequest | CompletionRequest, max_tokens: int,
-                    extra_args: dict[str, Any] | None = None) -> SamplingParams:
+                    guard: GuardArgs | None = None) -> SamplingParams:
     """Streams get per-step deltas; a plain response asks only for the final output, which spares the API
-    process one message per token."""
+    process one message per token. A guarded row carries its guard args, and the fail-closed marker as a stop
+    token, so vLLM names it as the `stop_reason` of a row the worker ended (protocol.py)."""
     stop = [request.stop] if isinstance(request.stop, str) else request.stop
+    extra_args = guard.to_extra_args() if guard is not None else None
     kwargs: dict[str, Any] = {
         "n": request.n,
         "max_tokens": max_tokens,
@@ -42,8 +46,10 @@ def sampling_params(request: ChatCompletionRequest | CompletionRequest, max_toke
         "ignore_eos": request.ignore_eos,
         "logprobs": request.requested_logprobs(),
         "output_kind": RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
-        "extra_args": extra_args or None,
+        "extra_args": extra_args,
     }
+    if extra_args and guard is not None and guard.marker is not None:
+        kwargs["stop_token_ids"] = [guard.marker]
     # Leave vLLM's (and the model's generation_config) defaults in place where the client sent nothing.
     if request.temperature is not None:
         kwargs["temperature"] = request.temperature

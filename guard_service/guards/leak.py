@@ -10,33 +10,41 @@ sentence against the policy's facts (operator-given and expanded).
 The scan starts at the prompt's tail: a name begun in the prompt and finished by the output is a leak; one that
 lies wholly in the prompt is not. Every active policy that applies to the request is scanned, matched or not: a
 leak on an unmatched prompt is a classifier miss that operators must see. A policy with `on_leak: block` cuts
-the stream at the first leak.
+the stream at the first leak (`Leak.block`). Compiles nothing of its own: it reads forbidden.json and the facts
+in classifier.json.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from guard_service.embedding import embed
-from guard_service.runtime.names import name_index, name_leaks
-from guard_service.runtime.registry import ActivePolicy
+from guard_service.guards.base import GuardComponent, OutputScanner
+from guard_service.guards.spelling import NameIndex, name_index, name_leaks
+from guard_service.policy.artifacts import PolicyArtifact
+from guard_service.policy.request import UnlearningRequest
 
 SEMANTIC_MIN_CHARS = 20
 FACT_MIN_SIM = 0.7  # a generated sentence this close to a forbidden fact restates it
 RESCAN_CHARS = 96  # a leak may straddle deltas: each feed rescans this much of what came before
 
 
-@functools.lru_cache(maxsize=256)
-def leak_pattern(path: Path) -> re.Pattern[str]:
-    variants = json.loads((path / "forbidden.json").read_text())["variants"]
+def leak_pattern(variants: list[str]) -> re.Pattern[str]:
     words = sorted({v.casefold() for v in variants}, key=len, reverse=True)
     return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, eq=False)
+class Known:
+    """One policy's part of the scan: its spellings, its names (for pieces and truncations), its facts."""
+
+    pattern: re.Pattern[str]
+    names: NameIndex
+    fact_vectors: np.ndarray  # embedded once at load
+    block: bool  # on_leak == "block"
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Leak:
     text: str
     start: int  # offset in the generated text (0 when the leak began in the prompt)
     score: float | None = None
+    block: bool = False  # its policy cuts the stream here
 
     def as_dict(self) -> dict:
         return {"policy": self.policy, "kind": self.kind, "text": self.text, "start": self.start,
@@ -53,11 +62,11 @@ class Leak:
 
 
 @dataclass
-class LeakScanner:
+class LeakScanner(OutputScanner):
     """One per generated choice. `feed` the growing text; it returns new lexical leaks. `prompt_tail` is the
     end of the prompt the output continues."""
 
-    policies: list[ActivePolicy]
+    policies: list[tuple[str, Known]]  # (policy key, its part)
     prompt_tail: str = ""
     text: str = field(init=False)  # prompt tail + output
     leaks: list[Leak] = field(default_factory=list)
@@ -72,22 +81,22 @@ class LeakScanner:
     def output(self) -> str:
         return self.text[len(self.prompt_tail):]
 
-    def _found(self, policy: ActivePolicy, start: int, end: int) -> Leak | None:
+    def _found(self, key: str, known: Known, start: int, end: int) -> Leak | None:
         offset = len(self.prompt_tail)
         rel = max(0, start - offset)
-        if end <= offset or any(lk.policy == policy.key and lk.start == rel for lk in self.leaks):
+        if end <= offset or any(lk.policy == key and lk.start == rel for lk in self.leaks):
             return None
-        return Leak(policy.key, "lexical", self.text[max(start, 0):end], rel)
+        return Leak(key, "lexical", self.text[max(start, 0):end], rel, block=known.block)
 
     def _scan(self, final: bool) -> list[Leak]:
         window = max(0, self._scanned - RESCAN_CHARS)
         found: list[Leak] = []
-        for policy in self.policies:
-            spans = [(m.start(), m.end()) for m in leak_pattern(policy.path).finditer(self.text, window)
+        for key, known in self.policies:
+            spans = [(m.start(), m.end()) for m in known.pattern.finditer(self.text, window)
                      if m.end() > self._scanned or final]
-            spans += name_leaks(self.text, name_index(policy.path), window, final)
+            spans += name_leaks(self.text, known.names, window, final)
             for start, end in sorted(spans):
-                leak = self._found(policy, start, end)
+                leak = self._found(key, known, start, end)
                 if leak is not None:
                     found.append(leak)
                     self.leaks.append(leak)
@@ -99,10 +108,6 @@ class LeakScanner:
         self._scanned = len(self.text)
         return found
 
-    def blocking(self, leaks: list[Leak]) -> Leak | None:
-        block = {p.key for p in self.policies if p.spec.on_leak == "block"}
-        return min((lk for lk in leaks if lk.policy in block), key=lambda lk: lk.start, default=None)
-
     def finish(self) -> list[Leak]:
         """Judge what only the end can tell (a last word that might have grown), then compare each generated
         sentence with the policies' facts. Embeds: call off the event loop."""
@@ -113,18 +118,29 @@ class LeakScanner:
         output = self.output
         sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", output) if
                      len(s.strip()) >= SEMANTIC_MIN_CHARS]
-        policies = [p for p in self.policies if len(p.fact_vectors)]
+        policies = [(key, known) for key, known in self.policies if len(known.fact_vectors)]
         if not sentences or not policies:
             return self.leaks
         vectors = embed(sentences)
-        for policy in policies:
-            sims = (vectors @ policy.fact_vectors.T).max(axis=1)
+        for key, known in policies:
+            sims = (vectors @ known.fact_vectors.T).max(axis=1)
             best = int(np.argmax(sims))
             score = float(sims[best])
             if score >= FACT_MIN_SIM:
-                self.leaks.append(Leak(policy.key, "semantic", sentences[best], output.find(sentences[best]),
-                                       score))
+                self.leaks.append(Leak(key, "semantic", sentences[best], output.find(sentences[best]), score))
         return self.leaks
 
     def summary(self) -> list[dict]:
         return [lk.as_dict() for lk in self.leaks]
+
+
+class LeakDetector(GuardComponent):
+    name = "leak"
+
+    def load(self, artifact: PolicyArtifact, spec: UnlearningRequest) -> Known:
+        forbidden = artifact.forbidden
+        return Known(leak_pattern(forbidden.variants), name_index(forbidden.items),
+                     embed(list(artifact.classifier.facts)), spec.on_leak == "block")
+
+    def output_scanner(self, parts: list[tuple[str, Known]], prompt_tail: str) -> LeakScanner:
+        return LeakScanner([(key, part) for key, part in parts if part is not None], prompt_tail)

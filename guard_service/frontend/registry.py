@@ -13,51 +13,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import faiss
-import numpy as np
-
-from guard_service.embedding import embed
+from guard_service.guards import COMPONENTS
 from guard_service.metrics import definitions as metrics
-from guard_service.policy.artifacts import Manifest, load_sequences, open_verified
+from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.request import Action, Scope, UnlearningRequest, from_version_spec
-from guard_service.runtime.trie import TokenTrie
-from guard_service.store.sqlite import PolicyStore
+from guard_service.protocol import PolicyKey
+from guard_service.store.base import PolicyStore
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, eq=False)  # identity equality: fields hold arrays and indexes
+@dataclass(frozen=True, eq=False)  # identity equality: parts hold indexes and arrays
 class ActivePolicy:
-    id: str
-    version: int
+    """One verified policy version this process enforces, with every guard component's part of it."""
+
+    policy_key: PolicyKey
     spec: UnlearningRequest
-    manifest: Manifest
-    path: Path
-    index: faiss.Index
-    texts: list[str]
-    threshold: float
-    refuse_threshold: float
-    confident_threshold: float  # semantic-only match above this; between threshold and it, evidence is needed
-    aliases: list[str]
-    evidence: list[str]
-    weak_evidence: list[str]  # single place/genre words: count only beside a matching number
-    facts: list[str]
-    fact_vectors: np.ndarray  # embedded once at load, for the output leak detector
-    trie: TokenTrie  # the same trie the engine enforces, to account for what it did
+    artifact: PolicyArtifact
+    parts: dict[str, Any]  # component name -> what its `load` returned
+
+    @property
+    def id(self) -> str:
+        return self.policy_key.id
+
+    @property
+    def version(self) -> int:
+        return self.policy_key.version
 
     @property
     def key(self) -> str:
-        return f"{self.id}@{self.version}"
+        return str(self.policy_key)
 
     @property
     def action(self) -> Action:
         return self.spec.action
+
+    @property
+    def threshold(self) -> float:
+        return self.artifact.classifier.threshold
+
+    @property
+    def refuse_threshold(self) -> float:
+        return self.artifact.classifier.refuse_threshold
 
     def applies_to(self, model: str, tenant: str | None) -> bool:
         return in_scope(self.spec.scope, model, tenant)
@@ -89,23 +93,21 @@ class FailedPolicy:
 
 def load_policy(policy_id: str, version: int, path: Path, stored_spec: dict,
                 model_dir: Path | None = None) -> ActivePolicy:
-    """Load one verified version; `model_dir`: the served model, whose tokenizer and config it must match."""
-    manifest = open_verified(path, model_dir)
-    clf = json.loads((path / "classifier.json").read_text())
-    return ActivePolicy(id=policy_id, version=version, spec=from_version_spec(stored_spec)[0],
-                        manifest=manifest, path=path,
-                        index=faiss.read_index(str(path / "classifier.faiss")), texts=clf["texts"],
-                        threshold=float(clf["threshold"]), refuse_threshold=float(clf["refuse_threshold"]),
-                        confident_threshold=float(clf["confident_threshold"]), evidence=list(clf["evidence"]),
-                        weak_evidence=list(clf.get("weak_evidence", [])),
-                        aliases=list(clf["aliases"]), facts=list(clf.get("facts", [])),
-                        fact_vectors=embed(list(clf.get("facts", []))), trie=TokenTrie(load_sequences(path)))
+    """Open one version (verified; `model_dir`: the served model, whose tokenizer and config it must match) and
+    load every guard component's part of it."""
+    artifact = PolicyArtifact.open(path, model_dir)
+    spec = from_version_spec(stored_spec)[0]
+    return ActivePolicy(PolicyKey(policy_id, version), spec, artifact,
+                        {c.name: c.load(artifact, spec) for c in COMPONENTS})
 
 
 class PolicyRegistry:
     def __init__(self, store: PolicyStore, interval_s: float = 0.5, model_dir: Path | None = None,
-                 target_names_in_metrics: bool = False, worker: str = "api"):
+                 target_names_in_metrics: bool = False, worker: str = "api",
+                 on_new: Callable[[list[str]], Awaitable[bool]] | None = None):
         self.store = store
+        self.on_new = on_new  # told about versions loaded here it has not taken yet (True: taken; worker preloads)
+        self._announced: set[str] = set()
         self.interval_s = interval_s
         self.model_dir = model_dir
         self.target_names_in_metrics = target_names_in_metrics
@@ -173,8 +175,14 @@ class PolicyRegistry:
         while True:
             try:
                 await asyncio.to_thread(self.refresh)
+                await self._announce()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("policy refresh failed")
             await asyncio.sleep(self.interval_s)
+
+    async def _announce(self) -> None:
+        fresh = [p.key for p in self.active() if p.key not in self._announced]
+        if fresh and self.on_new is not None and await self.on_new(fresh):
+            self._announced.update(fresh)

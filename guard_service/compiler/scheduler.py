@@ -18,10 +18,10 @@ import socket
 import time
 from collections.abc import Callable
 
+from guard_service.compiler.compile import CompileContext, compile_version, warm_caches
 from guard_service.metrics import definitions as metrics
-from guard_service.policy.compiler import CompileContext, compile_version, warm_caches
 from guard_service.policy.request import from_version_spec
-from guard_service.store.sqlite import PolicyStore
+from guard_service.store.base import PolicyStore
 
 log = logging.getLogger(__name__)
 STALE_CLAIM_S = 600

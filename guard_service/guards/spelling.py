@@ -2,19 +2,19 @@
 "H a r r y"), and truncated or bent ("Hermion", "J.K.R", "J.K. Row", "Harry Potts").
 
 The output leak detector uses it on generated text (every name of a policy, its distinctive words included);
-the prompt classifier on prompts (whole names only: one word of a name alone is a namesake's as often as the
-target's). One set of rules, `_judge`, says what counts as naming.
+the name detector on prompts (whole names only: one word of a name alone is a namesake's as often as the
+target's). One set of rules, `_judge`, says what counts as naming. Also the text normal forms the prompt
+detectors compare in (`words`, `squash`).
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
+from guard_service.policy.artifacts import ForbiddenItem
 from guard_service.policy.forbidden import NAME_ORIGINS
 
 _UNIT = re.compile(r"[^\W_]+")
@@ -27,17 +27,28 @@ class _Name:
     bounds: tuple[int, ...]  # end offset of each of its words in `squashed`
 
 
-@functools.lru_cache(maxsize=512)
-def name_index(path: Path, whole_only: bool = False) -> dict[str, tuple[_Name, ...]]:
-    """The policy's names (target, aliases, expanded names and, unless `whole_only`, their distinctive words)
-    by first letter."""
-    items = json.loads((path / "forbidden.json").read_text())["items"]
+def squash(text: str) -> str:
+    """Letters and digits only, casefolded: "H-a_r r.y" -> "harry"."""
+    return re.sub(r"[^0-9a-z]", "", text.casefold())
+
+
+def words(text: str) -> str:
+    """Casefolded words separated by single spaces, padded with a space each side (for whole-word `in`)."""
+    return " " + re.sub(r"[^0-9a-z]+", " ", text.casefold()).strip() + " "
+
+
+NameIndex = dict[str, tuple["_Name", ...]]
+
+
+def name_index(items: Iterable[ForbiddenItem], whole_only: bool = False) -> NameIndex:
+    """A policy's names (target, aliases, expanded names and, unless `whole_only`, their distinctive words)
+    by first letter. Build once per policy version."""
     out: dict[str, list[_Name]] = {}
     seen = set()
     for item in items:
-        if item["origin"] not in NAME_ORIGINS or (whole_only and item.get("split")):
+        if item.origin not in NAME_ORIGINS or (whole_only and item.split):
             continue
-        units = [u.casefold() for u in _UNIT.findall(item["text"])]
+        units = [u.casefold() for u in _UNIT.findall(item.text)]
         squashed = "".join(units)
         if len(squashed) < 3 or squashed in seen:
             continue

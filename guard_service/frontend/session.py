@@ -8,11 +8,13 @@ import asyncio
 import time
 from typing import Any
 
-from guard_service.metrics import recorder
-from guard_service.runtime.decision import GuardDecision, Verdict
-from guard_service.runtime.guard import Guard
-from guard_service.runtime.output_guard import OutputGuard, aggregate
-from guard_service.serving.prompts import TAIL_TOKENS, Prompt
+from guard_service.frontend import recorder
+from guard_service.frontend.decision import GuardDecision, Verdict
+from guard_service.frontend.guard import Guard
+from guard_service.frontend.output_guard import OutputGuard, aggregate
+from guard_service.frontend.summary import GuardSummary, PublicGuard
+from guard_service.protocol import GuardArgs
+from guard_service.serving.prompts import Prompt
 
 
 class GuardSession:
@@ -24,14 +26,13 @@ class GuardSession:
         self.first_text_at: float | None = None
         self.decisions: list[GuardDecision] = []
         self.output = OutputGuard([], [], n)
-        self._applicable: list[str] = []
+        self._applicable: list[Any] = []
 
     async def check(self, prompts: list[Prompt]) -> list[GuardDecision]:
         policies, failed = self.guard.applicable(self.model, self.tenant)
         self.decisions = await self.guard.check([p.segments for p in prompts], policies, failed, self.access)
-        self._applicable = [p.key for p in policies]
-        self.output = OutputGuard(self.decisions, policies, self.n,
-                                  [(p.tail, p.token_ids[-TAIL_TOKENS:]) for p in prompts])
+        self._applicable = [p.policy_key for p in policies]
+        self.output = OutputGuard(self.decisions, policies, self.n, [p.tail for p in prompts], self.guard.marker)
         recorder.decisions(self.decisions, self.endpoint, self.tenant)
         self.guard.audit_decisions(self.decisions, self.tenant, self.endpoint)
         return self.decisions
@@ -43,8 +44,15 @@ class GuardSession:
     def refused(self, prompt_index: int) -> bool:
         return self.decisions[prompt_index].verdict is Verdict.refuse
 
-    def extra_args(self, prompt_index: int) -> dict[str, Any] | None:
-        return self.decisions[prompt_index].extra_args(self.guard.policies_dir, self._applicable)
+    def guard_args(self, prompt_index: int) -> GuardArgs:
+        """The row's contract with the worker (protocol.py); its marker also goes into `stop_token_ids`."""
+        return self.decisions[prompt_index].guard_args(self._applicable, self.guard.marker)
+
+    def public(self) -> PublicGuard:
+        return PublicGuard(action=self.verdict.value,
+                           policies=list(dict.fromkeys(i for d in self.decisions for i in d.policy_ids)),
+                           blocked=[i for i, c in sorted(self.output.choices.items())
+                                    if c.blocked and not c.failed_closed])
 
     def text_arrived(self) -> None:
         if self.first_text_at is None:
@@ -54,14 +62,14 @@ class GuardSession:
         level = "full" if self.access.detail else self.guard.settings.client_guard_detail
         if level == "none":
             return {}
-        public = self.output.public()
-        headers = {"x-guard-action": public["action"], "x-guard-policies": ",".join(public["policies"])}
+        public = self.public()
+        headers = {"x-guard-action": public.action, "x-guard-policies": ",".join(public.policies)}
         if level == "full":
             best = max((s for d in self.decisions for s in d.scores.values()), default=0.0)
             headers["x-guard-score"] = f"{best:.4f}"
         return headers
 
-    async def summary(self, output_tokens: int) -> dict[str, Any] | None:
+    async def summary(self, output_tokens: int) -> GuardSummary | PublicGuard | None:
         """The response's guard object; records the request's outcome metrics (call once, at the end)."""
         await asyncio.to_thread(self.output.finish)
         detail = self.output.detail()
@@ -70,4 +78,4 @@ class GuardSession:
         recorder.latency(self.endpoint, self.verdict is not Verdict.passed, time.perf_counter() - self.started, ttft)
         if self.access.detail:
             return detail
-        return None if self.guard.settings.client_guard_detail == "none" else self.output.public()
+        return None if self.guard.settings.client_guard_detail == "none" else detail.public()

@@ -4,16 +4,18 @@ policies apply to a request, and the per-prompt decisions (classify, decide, aud
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from guard_service.auth import BYPASS_HEADER, DETAIL_HEADER, authenticate
 from guard_service.config import Settings
 from guard_service.errors import ServiceError
+from guard_service.frontend.classifier import classify_batch
+from guard_service.frontend.decision import GuardDecision, Verdict, decide, fail_closed
+from guard_service.frontend.registry import ActivePolicy, FailedPolicy, PolicyRegistry
 from guard_service.metrics import definitions as metrics
-from guard_service.runtime.classifier import classify_batch
-from guard_service.runtime.decision import GuardDecision, Verdict, decide, fail_closed
-from guard_service.runtime.registry import ActivePolicy, FailedPolicy, PolicyRegistry
+from guard_service.protocol import fail_closed_marker
 from guard_service.store.audit_sink import AuditSink
 
 
@@ -26,11 +28,20 @@ class Access:
 
 
 class Guard:
-    def __init__(self, settings: Settings, registry: PolicyRegistry, audit: AuditSink):
+    def __init__(self, settings: Settings, registry: PolicyRegistry, audit: AuditSink,
+                 tokenizer: Callable[[], Any] | None = None):
         self.settings = settings
         self.registry = registry
         self.audit = audit
-        self.policies_dir: Path = settings.path(settings.policies_dir)
+        self._tokenizer = tokenizer  # the served model's (once the engine is up): picks the fail-closed marker
+        self._marker: list[int | None] = []
+
+    @property
+    def marker(self) -> int | None:
+        """The token a row the worker failed closed stops on (protocol.fail_closed_marker)."""
+        if not self._marker and self._tokenizer is not None:
+            self._marker.append(fail_closed_marker(self._tokenizer()))
+        return self._marker[0] if self._marker else None
 
     def access(self, bypass_token: str | None, detail_token: str | None, tenant: str | None,
                endpoint: str) -> Access:
@@ -75,4 +86,5 @@ class Guard:
         for i, d in enumerate(decisions):
             if d.verdict is not Verdict.passed:
                 self.audit.record(tenant or "anonymous", "guard-decision",
-                                  detail={"endpoint": endpoint, "prompt": i, "reason": d.reason, **d.detail()})
+                                  detail={"endpoint": endpoint, "prompt": i, "reason": d.reason,
+                                          **d.detail().model_dump(mode="json")})

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
-from typing import Any
 
+from guard_service.frontend.classifier import Classification, Match
+from guard_service.frontend.registry import FailedPolicy
+from guard_service.frontend.summary import DecisionInfo, FailedInfo, MatchInfo
 from guard_service.policy.request import Action
-from guard_service.runtime.classifier import Classification, Match
-from guard_service.runtime.logits_processor import POLICIES_ARG, ROOT_ARG, WATCH_ARG
-from guard_service.runtime.registry import FailedPolicy
+from guard_service.protocol import GuardArgs, PolicyKey
 
 REFUSAL = "I'm sorry, but I can't help with that. That information has been removed from what I can discuss."
 
@@ -46,26 +45,22 @@ class GuardDecision:
     def reason(self) -> str:
         return "failed_closed" if self.failed_closed else "classifier"
 
-    def extra_args(self, policies_dir: Path, applicable: list[str]) -> dict[str, Any] | None:
+    def guard_args(self, applicable: list[PolicyKey], marker: int | None) -> GuardArgs:
         """What the engine's logits processor needs: the steering policies, and every other applicable policy
         in watch mode (verbatim protections only), unless an admin bypassed the guard."""
-        args: dict[str, Any] = {}
-        steering = [m.policy.key for m in self.matches]
-        if self.verdict is Verdict.steer:
-            args[POLICIES_ARG] = ",".join(steering)
-        watching = [k for k in applicable if k not in steering]
-        if watching and self.bypassed_by is None:
-            args[WATCH_ARG] = ",".join(watching)
-        return {**args, ROOT_ARG: str(policies_dir)} if args else None
+        steering = tuple(m.policy.policy_key for m in self.matches) if self.verdict is Verdict.steer else ()
+        matched = {m.policy.policy_key for m in self.matches}
+        watching = () if self.bypassed_by is not None else tuple(k for k in applicable if k not in matched)
+        return GuardArgs(steer=steering, watch=watching, marker=marker)
 
-    def detail(self) -> dict[str, Any]:
+    def detail(self) -> DecisionInfo:
         """Everything the guard knows about this decision: for admins, viewers and the audit log only."""
-        return {"action": self.verdict.value, "policies": self.keys,
-                "matches": [{"policy": m.policy.key, "target": m.policy.spec.target, "score": round(m.score, 4),
-                             "reasons": m.reasons} for m in self.matches],
-                "failed_closed_policies": [{"policy": f.key, "error": f.error} for f in self.failed_closed],
-                "scores": self.scores, "classifier_ms": round(self.classifier_ms, 2),
-                "bypassed_by": self.bypassed_by}
+        return DecisionInfo(
+            action=self.verdict.value, policies=self.keys,
+            matches=[MatchInfo(policy=m.policy.key, target=m.policy.spec.target, score=round(m.score, 4),
+                               reasons=m.reasons) for m in self.matches],
+            failed_closed_policies=[FailedInfo(policy=f.key, error=f.error) for f in self.failed_closed],
+            scores=self.scores, classifier_ms=round(self.classifier_ms, 2), bypassed_by=self.bypassed_by)
 
 
 def decide(result: Classification) -> GuardDecision:

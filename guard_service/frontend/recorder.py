@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from guard_service.frontend.decision import GuardDecision, Verdict
+from guard_service.frontend.summary import GuardSummary
 from guard_service.metrics import definitions as m
-from guard_service.runtime.decision import GuardDecision, Verdict
 
 ANONYMOUS = "anonymous"
 
@@ -23,15 +24,15 @@ def decisions(ds: list[GuardDecision], endpoint: str, tenant: str | None) -> Non
             m.REFUSALS.labels(d.reason).inc()
 
 
-def outcome(detail: dict, output_tokens: int) -> None:
-    """`detail`: the full guard account of a finished response (see OutputGuard.detail)."""
-    m.OUTPUT_TOKENS.labels(detail["action"]).inc(output_tokens)
-    for leak in detail.get("leaks", []):
-        m.LEAKS.labels(leak["policy"].split("@")[0], leak["kind"]).inc()
-    if detail.get("blocked"):
-        m.REFUSALS.labels("leak_blocked").inc(len(detail["blocked"]))
-    if detail.get("failed_closed"):
-        m.REFUSALS.labels("failed_closed").inc(detail["failed_closed"])
+def outcome(summary: GuardSummary, output_tokens: int) -> None:
+    """`summary`: the full guard account of a finished response (see OutputGuard.detail)."""
+    m.OUTPUT_TOKENS.labels(summary.action).inc(output_tokens)
+    for leak in summary.leaks:
+        m.LEAKS.labels(leak.policy.split("@")[0], leak.kind).inc()
+    if summary.blocked:
+        m.REFUSALS.labels("leak_blocked").inc(len(summary.blocked))
+    if summary.failed_closed:
+        m.REFUSALS.labels("failed_closed").inc(summary.failed_closed)
 
 
 def latency(endpoint: str, guarded: bool, seconds: float, ttft: float | None) -> None:

@@ -1,4 +1,5 @@
-"""Queries over a policy's provenance suffix array (built by `policy/provenance.py`), memory-mapped.
+"""Queries over a policy's provenance suffix array (built by `policy/provenance.py`; files as in
+policy/artifacts.py), memory-mapped.
 
 All queries narrow an SA interval one token at a time: inside an interval whose suffixes share their first
 `depth` tokens, the tokens at offset `depth` are sorted, so two binary searches find the sub-interval of a
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from guard_service.policy.artifacts import Files
+
 Interval = tuple[int, int]
 
 
@@ -25,13 +28,13 @@ class Occurrence:
 
 class SuffixIndex:
     def __init__(self, path: Path):
-        self.tokens_np = np.load(path / "tokens.npy", mmap_mode="r")
-        self.sa_np = np.load(path / "sa.npy", mmap_mode="r")
+        self.tokens_np = np.load(path / Files.PROVENANCE_TOKENS, mmap_mode="r")
+        self.sa_np = np.load(path / Files.PROVENANCE_SA, mmap_mode="r")
         self.tokens = memoryview(np.ascontiguousarray(self.tokens_np)).cast("B").cast(self.tokens_np.dtype.char)
         self.sa = memoryview(np.ascontiguousarray(self.sa_np)).cast("B").cast(self.sa_np.dtype.char)
         self.n = len(self.sa_np)
-        self.doc_starts = np.load(path / "docs.npy")
-        self.doc_names = json.loads((path / "docs.json").read_text())
+        self.doc_starts = np.load(path / Files.PROVENANCE_DOC_STARTS)
+        self.doc_names = json.loads((path / Files.PROVENANCE_DOC_NAMES).read_text())
         # bucket[t] .. bucket[t+1]: the SA interval of suffixes starting with token t
         counts = np.bincount(self.tokens_np, minlength=int(self.tokens_np.max(initial=0)) + 2)
         self.bucket = np.concatenate([[0], np.cumsum(counts)]).tolist()

@@ -1,0 +1,66 @@
+"""Name detector (prompt phase, `match`): the target or one of its names in the prompt, written exactly, spelled
+out ("H a r r y"), with character swaps ("H4rry"), with a typo, or cut short / in pieces ("J.K. R", "Harry Pot",
+"Hermi"). Reads the names the semantic component wrote into classifier.json and the whole names of
+forbidden.json; compiles nothing of its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rapidfuzz import fuzz
+
+from guard_service.guards.base import Finding, GuardComponent, Level, PromptText
+from guard_service.guards.spelling import NameIndex, name_index, name_leaks, squash, units_of, words
+from guard_service.policy.artifacts import PolicyArtifact
+from guard_service.policy.request import UnlearningRequest
+
+_SWAPS = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i",
+                        "|": "l"})
+FUZZY_MIN_LEN = 6
+FUZZY_MIN_SCORE = 88
+
+
+@dataclass(frozen=True)
+class Names:
+    aliases: tuple[str, ...]
+    whole: NameIndex  # whole names only: one word of a name alone is a namesake's as often as the target's
+
+
+def _swapped(raw: str) -> str:
+    return squash(raw.casefold().translate(_SWAPS))
+
+
+def lexical_reason(prompt: PromptText, aliases: tuple[str, ...]) -> str | None:
+    text_words = prompt.derived("words", words)
+    for alias in aliases:
+        w = words(alias)
+        if w.strip() and w in text_words:
+            return f"alias:{alias}"
+    squashed, swapped = prompt.derived("squashed", squash), prompt.derived("swapped", _swapped)
+    for alias in aliases:
+        s = squash(alias)
+        if len(s) >= 4 and (s in squashed or s in swapped):
+            return f"alias-obfuscated:{alias}"
+    raw_cf = prompt.derived("casefold", str.casefold)
+    for alias in aliases:
+        # partial_ratio slides the shorter string over the longer: a text shorter than the alias ("a") would be
+        # compared with a piece of the alias and match it.
+        if (len(alias) >= FUZZY_MIN_LEN and len(raw_cf) >= len(alias)
+                and fuzz.partial_ratio(alias.casefold(), raw_cf) >= FUZZY_MIN_SCORE):
+            return f"alias-fuzzy:{alias}"
+    return None
+
+
+class NameDetector(GuardComponent):
+    name = "names"
+
+    def load(self, artifact: PolicyArtifact, spec: UnlearningRequest) -> Names:
+        return Names(tuple(artifact.classifier.aliases), name_index(artifact.forbidden.items, whole_only=True))
+
+    def scan(self, part: Names, prompt: PromptText) -> Finding | None:
+        reason = lexical_reason(prompt, part.aliases)
+        if reason is None:
+            spans = name_leaks(prompt.raw, part.whole, 0, True, prompt.derived("units", units_of))
+            if spans:
+                reason = f"alias-partial:{prompt.raw[spans[0][0]:spans[0][1]]}"
+        return Finding(Level.match, reason) if reason else None
