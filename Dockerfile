@@ -30,7 +30,7 @@ ENV GUARD_CACHE_DIR=/opt/guard-cache
 RUN guard-service prepare-model
 # Policies, indexes and the store live on volumes shared by every replica.
 ENV GUARD_HOST=0.0.0.0 GUARD_PORT=8000 GUARD_DATA_DIR=/data GUARD_INDEXES_DIR=/data/indexes \
-    GUARD_POLICIES_DIR=/data/policies GUARD_STORE_PATH=/data/store/guard.sqlite3
+    GUARD_POLICIES_DIR=/data/policies GUARD_STORE_URL=sqlite:////data/store/guard.sqlite3
 VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s CMD python3 -c \

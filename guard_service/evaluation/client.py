@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from tqdm.asyncio import tqdm_asyncio
 
 from guard_service.auth import BYPASS_HEADER, DETAIL_HEADER
-from guard_service.frontend.summary import GuardSummary
+from guard_service.frontend.summary import GuardSummary, LeakInfo
 
 T = TypeVar("T")
 
@@ -26,7 +26,7 @@ class Answer(BaseModel):
     finish_reason: str | None
     action: str = "pass"
     targets: list[str] = Field(default_factory=list, description="policies the classifier matched")
-    leaks: list[dict[str, Any]] = Field(default_factory=list, description="what the output leak detector saw")
+    leaks: list[LeakInfo] = Field(default_factory=list, description="what the output leak detector saw")
 
     @property
     def flagged(self) -> bool:
@@ -100,7 +100,7 @@ class EvalClient:
                                                                                                   policies=[])
         return Answer(text=choice["message"]["content"] if "message" in choice else choice["text"],
                       finish_reason=choice.get("finish_reason"), action=guard.action,
-                      targets=[m.target for m in guard.matches], leaks=[lk.model_dump() for lk in guard.leaks])
+                      targets=[m.target for m in guard.matches], leaks=guard.leaks)
 
     async def chat(self, messages: list[dict[str, str]] | str, *, guarded: bool, max_tokens: int = 64) -> Answer:
         if isinstance(messages, str):
