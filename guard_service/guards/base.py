@@ -17,6 +17,7 @@ semantic score) matches only beside a `match` or an `evidence` finding; evidence
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -92,9 +93,11 @@ class Compiled:
     provenance: dict[str, Any] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Bans:
-    hard: set[int] = field(default_factory=set)
+    """One step's bans from one row guard. Read-only: a guard may hand out the same one every step."""
+
+    hard: AbstractSet[int] = frozenset()
     soft: list[tuple[int, float]] = field(default_factory=list)  # (token, logit penalty)
     stop_word: bool = False  # ban every word-continuing token: a forbidden word must end here
 

@@ -60,6 +60,9 @@ class ProvenanceMatcher:
         return tokens, hard
 
 
+NOTHING = Bans()
+
+
 @dataclass(frozen=True)
 class Protected:
     index: SuffixIndex
@@ -79,10 +82,10 @@ class _Row(RowGuard):
         tokens, hard = self.matcher.continuations()
         if hard and tokens:
             self.vetoes.inc()
-            return Bans(hard=set(tokens))
-        if self.steering:
+            return Bans(hard=frozenset(tokens))
+        if self.steering and tokens:
             return Bans(soft=[(t, self.part.soft_penalty) for t in tokens])
-        return Bans()
+        return NOTHING
 
 
 class ProvenanceVeto(GuardComponent):

@@ -35,6 +35,8 @@ class Trie:
 class _Row(RowGuard):
     def __init__(self, trie: TokenTrie, commit: tuple[int, int], counter: Any):
         self.matcher, self.commit, self.counter = TrieMatcher(trie), commit, counter
+        self.always = frozenset(trie.always_banned)  # single-token forbidden strings
+        self.idle = Bans(hard=self.always)  # most steps: no partial match alive
 
     def seed(self, tokens: Any) -> None:
         self.matcher.seed(tokens)
@@ -43,11 +45,13 @@ class _Row(RowGuard):
         self.matcher.feed(token)
 
     def bans(self) -> Bans:
+        if not self.matcher.nodes:
+            return self.idle
         ways_on, open_word = self.matcher.committed(*self.commit)
         hard = self.matcher.banned() | ways_on
         if hard or open_word:
             self.counter.inc()
-        return Bans(hard=hard | set(self.matcher.trie.always_banned), stop_word=open_word)
+        return Bans(hard=hard | self.always, stop_word=open_word)
 
 
 class TokenBan(GuardComponent):

@@ -26,7 +26,7 @@ HOLD_CHARS = 3  # matches at least this long survive a separator token that is n
 
 
 class TokenTrie:
-    __slots__ = ("children", "terminal_next", "always_banned", "classes", "open_word", "chars", "depth")
+    __slots__ = ("children", "terminal_next", "always_banned", "classes", "n_classes", "open_word", "chars", "depth")
 
     def __init__(self, sequences: Iterable[Sequence[int]], classes: TokenClasses | None = None):
         self.children: list[dict[int, int]] = [{}]
@@ -52,6 +52,7 @@ class TokenTrie:
             tuple(t for t, child in kids.items() if ends[child]) for kids in self.children]
         self.always_banned = self.terminal_next[ROOT]
         self.classes = classes
+        self.n_classes = len(classes) if classes is not None else 0
         cont = classes.continues_word if classes is not None else None
         self.open_word: list[bool] = [
             node != ROOT and cont is not None and any(t < len(cont) and cont[t] for t in kids)
@@ -83,7 +84,7 @@ class TrieMatcher:
         trie = self.trie
         children = trie.children
         classes = trie.classes
-        known = classes is not None and 0 <= token < len(classes)
+        known = 0 <= token < trie.n_classes
         starts_word = not (known and classes.continues_word[token] and self._after_letter)
         holds = known and classes.separator[token]
         nxt: dict[int, bool] = {}
