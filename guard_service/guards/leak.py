@@ -23,7 +23,7 @@ import numpy as np
 
 from guard_service.embedding import embed
 from guard_service.guards.base import GuardComponent, OutputScanner
-from guard_service.guards.spelling import NameIndex, name_index, name_leaks
+from guard_service.guards.spelling import NameIndex, name_index, name_leaks, units_of
 from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.request import UnlearningRequest
 
@@ -32,9 +32,27 @@ FACT_MIN_SIM = 0.7  # a generated sentence this close to a forbidden fact restat
 RESCAN_CHARS = 96  # a leak may straddle deltas: each feed rescans this much of what came before
 
 
+def _trie_regex(node: dict[str, dict]) -> str:
+    """A regex for the words of a character trie, sharing their prefixes: the engine then follows one branch
+    per character instead of trying every word at every position. Longer words are tried first."""
+    branches = [re.escape(ch) + _trie_regex(child) for ch, child in sorted(node.items()) if ch]
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+    if "" in node:  # a word ends here: the rest is optional
+        return f"(?:{body})?" if len(branches) == 1 else body + "?"
+    return body
+
+
 def leak_pattern(variants: list[str]) -> re.Pattern[str]:
-    words = sorted({v.casefold() for v in variants}, key=len, reverse=True)
-    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+    """Any spelling, case-insensitive, on word boundaries."""
+    trie: dict[str, dict] = {}
+    for word in {v.casefold() for v in variants if v}:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+    return re.compile(r"(?<!\w)" + _trie_regex(trie) + r"(?!\w)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,12 +107,14 @@ class LeakScanner(OutputScanner):
         return Leak(key, "lexical", self.text[max(start, 0):end], rel, block=known.block)
 
     def _scan(self, final: bool) -> list[Leak]:
+        """Every policy over the new text (and a little before it); the text's words are split once for all."""
         window = max(0, self._scanned - RESCAN_CHARS)
         found: list[Leak] = []
+        units = units_of(self.text)
         for key, known in self.policies:
             spans = [(m.start(), m.end()) for m in known.pattern.finditer(self.text, window)
                      if m.end() > self._scanned or final]
-            spans += name_leaks(self.text, known.names, window, final)
+            spans += name_leaks(self.text, known.names, window, final, units)
             for start, end in sorted(spans):
                 leak = self._found(key, known, start, end)
                 if leak is not None:
