@@ -50,6 +50,36 @@ def http_batch(url: str, model: str, prompts: list[str], tokens: int, stream: bo
     return asyncio.run(batch())
 
 
+def http_stream_timings(url: str, model: str, prompts: list[str], tokens: int,
+                        headers: dict[str, str] | None = None) -> dict[str, list[float]]:
+    """Concurrent streams through the openai SDK, per request: time to first text (s), time per output token
+    after it (s), and the longest wait between two chunks (s: what a holdback adds)."""
+
+    async def batch() -> dict[str, list[float]]:
+        client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=600, default_headers=headers)
+
+        async def one(p: str) -> tuple[float, float, float]:
+            began = time.perf_counter()
+            arrivals: list[float] = []
+            usage = None
+            async for chunk in await client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": p}], temperature=0, max_tokens=tokens,
+                    extra_body={"ignore_eos": True}, stream=True, stream_options={"include_usage": True}):
+                usage = chunk.usage or usage
+                if chunk.choices and chunk.choices[0].delta.content:
+                    arrivals.append(time.perf_counter())
+            n = usage.completion_tokens
+            gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+            return arrivals[0] - began, (arrivals[-1] - arrivals[0]) / max(1, n - 1), max(gaps, default=0.0)
+
+        results = await asyncio.gather(*[one(p) for p in prompts])
+        await client.close()
+        return {"ttft_s": [r[0] for r in results], "tpot_s": [r[1] for r in results],
+                "max_gap_s": [r[2] for r in results]}
+
+    return asyncio.run(batch())
+
+
 async def run(args: argparse.Namespace) -> dict:
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import RequestOutputKind, SamplingParams

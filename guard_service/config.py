@@ -58,6 +58,9 @@ class Settings(BaseSettings):
                                    "in (413 above)")
     max_prompts: int = Field(default=64, ge=1, description="prompts in one /v1/completions list (400 above)")
     max_choices: int = Field(default=128, ge=1, description="prompts x n in one request (400 above)")
+    output_holdback_chars: int = Field(
+        default=240, ge=16, description="while a policy acts on leaks, output is released a sentence at a time, "
+        "or at a word boundary past this many held characters, once judged")
     max_lookup_chars: int = Field(default=200_000, ge=1, description="text of one provenance lookup (422 above)")
 
     # Policies: one store and one artifact location shared by every replica

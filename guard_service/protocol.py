@@ -54,6 +54,11 @@ class GuardArgs:
     watch: tuple[PolicyKey, ...] = ()
     marker: int | None = None
 
+    def steering_also(self, key: PolicyKey) -> GuardArgs:
+        """These args with `key` moved from watching to steering (the output guard's switch on a leak)."""
+        return GuardArgs((*self.steer, key) if key not in self.steer else self.steer,
+                         tuple(k for k in self.watch if k != key), self.marker)
+
     def to_extra_args(self) -> dict[str, Any] | None:
         if not self.steer and not self.watch:
             return None
@@ -65,6 +70,12 @@ class GuardArgs:
         if self.marker is not None:
             args[MARKER_ARG] = self.marker
         return args
+
+    def apply(self, params: Any) -> Any:
+        """Put these args on a vLLM `SamplingParams` (a copy being prepared for a request); returns it."""
+        other = {k: v for k, v in (params.extra_args or {}).items() if k not in (POLICIES_ARG, WATCH_ARG, MARKER_ARG)}
+        params.extra_args = {**other, **(self.to_extra_args() or {})} or None
+        return params
 
     @classmethod
     def from_extra_args(cls, extra: dict[str, Any] | None) -> GuardArgs | None:

@@ -191,7 +191,7 @@ def test_a_plain_client_learns_nothing_about_what_is_protected(hp: dict, server:
         assert r.headers["x-guard-policies"] == hp["id"]  # the opaque id, not even the version
         guard = (r.json() if not r.headers["content-type"].startswith("text/event-stream") else
                  json.loads([ln for ln in r.text.splitlines() if ln.startswith("data: {")][-1][6:]))["guard"]
-        assert set(guard) == {"action", "policies", "blocked"} and guard["policies"] == [hp["id"]], guard
+        assert set(guard) == {"action", "policies", "blocked", "steered"} and guard["policies"] == [hp["id"]], guard
         revealed = json.dumps(guard).casefold() + json.dumps(dict(r.headers)).casefold()
         assert not [s for s in SECRETS if s in revealed], revealed
     detailed = chat(server, [{"role": "user", "content": QUESTION}], headers=DETAIL).json()["guard"]

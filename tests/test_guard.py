@@ -84,7 +84,8 @@ def test_steered_stream_equals_non_stream(hp: dict, client: openai.OpenAI) -> No
     chunks = list(client.chat.completions.create(**kwargs, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full.choices[0].message.content
     # a plain client learns the action and the opaque policy id, nothing else (see test_attacks for the rest)
-    assert chunks[-1].model_extra["guard"] == {"action": "steer", "policies": [hp["id"]], "blocked": []}
+    assert chunks[-1].model_extra["guard"] == {"action": "steer", "policies": [hp["id"]], "blocked": [],
+                                                   "steered": []}
     detailed = client.chat.completions.create(**kwargs, extra_headers={"x-guard-detail": ADMIN_TOKEN})
     assert detailed.model_extra["guard"]["policies"] == [f"{hp['id']}@{hp['active_version']}"]
 
@@ -105,23 +106,6 @@ def test_guard_metadata_and_leak_report(hp: dict, server: Server, client: openai
     with pytest.raises(openai.PermissionDeniedError):
         client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}],
                                        max_tokens=5, extra_headers={"x-guard-bypass": "not-a-token"})
-
-
-def test_block_mode_cuts_the_stream(admin: httpx.Client, client: openai.OpenAI) -> None:
-    r = admin.post("/unlearning-requests", json={"target": "Albus Dumbledore", "aliases": ["Rowling"],
-                                                 "on_leak": "block", "strength": {"expand_knowledge": False}})
-    request_id = wait_status(admin, r.json()["id"], "active")["id"]
-    try:
-        chunks = list(client.chat.completions.create(
-            model=MODEL_NAME, messages=[{"role": "user", "content": "Who wrote Harry Potter?"}], temperature=0,
-            max_tokens=60, stream=True, extra_headers=BYPASS))
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-        assert finishes == ["content_filter"]
-        assert "rowling" not in text.casefold() and text.strip()  # cut right before the leak
-        assert chunks[-1].model_extra["guard"]["blocked"] == [0]
-    finally:
-        admin.delete(f"/unlearning-requests/{request_id}")
 
 
 def test_policy_added_mid_traffic_applies_to_next_request(admin: httpx.Client, client: openai.OpenAI,

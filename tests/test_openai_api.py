@@ -167,3 +167,15 @@ def test_disconnect_mid_stream_aborts(server: Server, client: openai.OpenAI) -> 
     while unfinished() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert unfinished() == 0
+
+
+def test_disconnect_before_a_plain_response_aborts_cleanly(server: Server) -> None:
+    """A client that gives up on a non-streaming request: the engine stops, and nothing is logged as a failure."""
+    body = {"model": MODEL_NAME, "messages": HP, "temperature": 0, "max_tokens": 1500, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.v1 + "/chat/completions", json=body, timeout=3)
+    deadline = time.monotonic() + 10
+    while httpx.get(server.base_url + "/health").json()["unfinished_requests"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert httpx.get(server.base_url + "/health").json()["unfinished_requests"] == 0
+    assert "unhandled error" not in server.log_tail(200)

@@ -27,7 +27,8 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     finally:
         watcher.cancel()
         if not job.done():
-            job.cancel()
+            job.cancel()  # takes effect at the job's next await: wait for it, so it is over before we answer
+            await asyncio.gather(job, return_exceptions=True)
     if job.cancelled():
         raise asyncio.CancelledError("client disconnected")
     return job.result()

@@ -2,9 +2,9 @@
 
 Request path: authenticate the client (tenant) -> render the prompt(s) -> guard session: one decision per
 prompt (classify everything the model conditions on, decide) -> refuse without generating, or generate (steered
-rows carry their policies to the engine's logits processor) -> output guard on every delta (leak scan, block,
-fail-closed) -> SSE chunks or one JSON body, with a `guard` object and `x-guard-*` headers that tell a plain
-client only the action and opaque policy ids.
+rows carry their policies to the engine's logits processor) -> output guard on every delta (held back and judged
+before release; a leak refuses the choice or resumes it steered; fail-closed rows) -> SSE chunks or one JSON body,
+with a `guard` object and `x-guard-*` headers that tell a plain client only the action and opaque policy ids.
 """
 
 from __future__ import annotations
@@ -76,22 +76,6 @@ def _json(response: BaseModel, session: GuardSession) -> JSONResponse:
     return JSONResponse(body, headers=session.headers())
 
 
-async def _guarded_deltas(deltas: AsyncIterator[ChoiceDelta], session: GuardSession,
-                          n_choices: int) -> AsyncIterator[ChoiceDelta]:
-    """Deltas after the output guard; stops generating once every choice is blocked (that aborts the engine
-    requests)."""
-    output = session.output
-    async for d in deltas:
-        if d.token_ids:
-            session.text_arrived()
-        text, finish, over = output.on_delta(d.index, d.text, d.token_ids, d.finish_reason, d.stop_reason)
-        if text or finish or not over:
-            blocked = finish == CONTENT_FILTER
-            yield ChoiceDelta(d.index, text, d.token_ids, None if blocked else d.logprobs, finish)
-        if output.all_over(n_choices):
-            return
-
-
 async def _with_guard_trailer(chunks: AsyncIterator[Any], session: GuardSession) -> AsyncIterator[Any]:
     """Hold each chunk until the next arrives, so the last one can carry the guard's account (leaks, the
     end-of-output checks), which is complete only once generation is."""
@@ -136,9 +120,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, settin
             return sse_response(_chat_refusal_chunks(refusal, include_usage), session.headers())
         return _json(refusal, session)
 
-    params = sampling_params(body, max_tokens, session.guard_args(0))
-    deltas = _guarded_deltas(generate(engine, [PromptJob(0, prompt.token_ids, params)], request_id), session,
-                             body.n)
+    params = sampling_params(body, max_tokens, session.guard_args(0), session.output.holds)
+    deltas = session.guarded(generate(engine, [PromptJob(0, prompt.token_ids, params)], request_id), body.n)
     k = body.top_logprobs or 0
     if body.stream:
         return sse_response(_with_guard_trailer(_chat_chunks(deltas, request_id, body, [prompt], include_usage, k),
@@ -214,11 +197,11 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     n_choices = len(prompts) * body.n
     refused = [i for i in range(n_choices) if session.refused(i // body.n)]
-    jobs = [PromptJob(i, p.token_ids, sampling_params(body, max_tokens, session.guard_args(i)))
+    jobs = [PromptJob(i, p.token_ids, sampling_params(body, max_tokens, session.guard_args(i), session.output.holds))
             for i, p in enumerate(prompts) if not session.refused(i)]
     k = body.logprobs or 0
     echoed = [tokenizer.decode(p.token_ids) if body.echo else "" for p in prompts]
-    deltas = _guarded_deltas(generate(engine, jobs, request_id), session, n_choices - len(refused)) if jobs else None
+    deltas = session.guarded(generate(engine, jobs, request_id), n_choices - len(refused)) if jobs else None
     if body.stream:
         chunks = _completion_chunks(deltas, refused, request_id, body, prompts, echoed, include_usage, k)
         return sse_response(_with_guard_trailer(chunks, session), session.headers())

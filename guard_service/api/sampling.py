@@ -30,8 +30,9 @@ def resolve_max_tokens(requested: int | None, prompt_lens: list[int], max_model_
 
 
 def sampling_params(request: ChatCompletionRequest | CompletionRequest, max_tokens: int,
-                    guard: GuardArgs | None = None) -> SamplingParams:
-    """Streams get per-step deltas; a plain response asks only for the final output, which spares the API
+                    guard: GuardArgs | None = None, deltas: bool = False) -> SamplingParams:
+    """Streams get per-step deltas, and so does a plain response whose output the guard judges as it grows
+    (`deltas`: it can act before the end); any other asks only for the final output, which spares the API
     process one message per token. A guarded row carries its guard args, and the fail-closed marker as a stop
     token, so vLLM names it as the `stop_reason` of a row the worker ended (protocol.py)."""
     stop = [request.stop] if isinstance(request.stop, str) else request.stop
@@ -45,7 +46,7 @@ def sampling_params(request: ChatCompletionRequest | CompletionRequest, max_toke
         "frequency_penalty": request.frequency_penalty,
         "ignore_eos": request.ignore_eos,
         "logprobs": request.requested_logprobs(),
-        "output_kind": RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
+        "output_kind": RequestOutputKind.DELTA if request.stream or deltas else RequestOutputKind.FINAL_ONLY,
         "extra_args": extra_args,
     }
     if extra_args and guard is not None and guard.marker is not None:

@@ -27,10 +27,17 @@ class Answer(BaseModel):
     action: str = "pass"
     targets: list[str] = Field(default_factory=list, description="policies the classifier matched")
     leaks: list[LeakInfo] = Field(default_factory=list, description="what the output leak detector saw")
+    acted: bool = Field(False, description="the output guard ended or steered the answer at a leak")
 
     @property
     def flagged(self) -> bool:
+        """The prompt classifier matched it."""
         return bool(self.targets)
+
+    @property
+    def caught(self) -> bool:
+        """The guard matched the prompt or acted on the output."""
+        return self.flagged or self.acted
 
 
 class EvalClient:
@@ -100,7 +107,8 @@ class EvalClient:
                                                                                                   policies=[])
         return Answer(text=choice["message"]["content"] if "message" in choice else choice["text"],
                       finish_reason=choice.get("finish_reason"), action=guard.action,
-                      targets=[m.target for m in guard.matches], leaks=guard.leaks)
+                      targets=[m.target for m in guard.matches], leaks=guard.leaks,
+                      acted=bool(guard.blocked or guard.steered))
 
     async def chat(self, messages: list[dict[str, str]] | str, *, guarded: bool, max_tokens: int = 64) -> Answer:
         if isinstance(messages, str):

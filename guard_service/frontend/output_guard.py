@@ -1,9 +1,21 @@
-"""What the guard does while and after a request generates (API process): every guard component's output
-scanner over each choice (from its prompt's tail on), cutting a choice at a blocking leak, and turning a row the
-worker failed closed (it stops on the protocol's marker token) into a refusal; then the typed account."""
+"""What the guard does while and after a request generates (API process), whatever the prompt classifier said:
+every guard component's output scanner over each choice (from its prompt's tail on), and the action a policy
+takes when its knowledge shows up in the output.
+
+Holdback: while any applicable policy acts on leaks (`on_leak: act`, the default), a choice's deltas are held
+until they end a sentence (or exceed `GUARD_OUTPUT_HOLDBACK_CHARS`, cut at a word boundary), judged (names in
+every spelling as they arrive, each sentence against the facts), and only then released, text, tokens and
+logprobs together. So a client never receives a sentence that was judged a leak. On a leak:
+    refuse policy (or a steer policy already steering this choice): the choice ends, `content_filter`;
+    steer policy: the choice's engine request is aborted and resumed from the last released token, steered by
+        that policy (`Step.restart`), so the client sees one continuous answer.
+A row the worker failed closed (it stops on the protocol's marker token) becomes a refusal. Then the typed
+account (`detail`)."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,20 +24,40 @@ from guard_service.frontend.registry import ActivePolicy
 from guard_service.frontend.summary import GuardSummary, LeakInfo
 from guard_service.guards import COMPONENTS
 from guard_service.guards.base import GuardComponent, OutputScanner
+from guard_service.policy.request import Action
+from guard_service.protocol import GuardArgs
+from guard_service.serving.generation import ChoiceDelta
 
 CONTENT_FILTER = "content_filter"
 SCANNERS = tuple(c for c in COMPONENTS if type(c).output_scanner is not GuardComponent.output_scanner)
+MAX_SWITCHES = 3  # steered restarts of one choice before a further leak ends it
+_SENTENCE_END = re.compile(r"(?:[.!?。！？…][\"'”’)\]]*|\n)\s*$")
+
+
+@dataclass
+class Step:
+    """What to do after one delta from the engine: send `emit`, restart a choice, or nothing yet."""
+
+    emit: ChoiceDelta | None = None
+    restart: tuple[int, list[int], GuardArgs] | None = None  # (choice, output tokens kept, its new guard args)
 
 
 @dataclass
 class _Choice:
-    decision: GuardDecision
+    prompt: int
+    args: GuardArgs  # what its engine request runs under
     scanners: list[OutputScanner]
-    emitted: int = 0  # characters of output delivered so far
-    tokens: int = 0
+    held: list[ChoiceDelta] = field(default_factory=list)
+    released: str = ""  # text sent to the client
+    released_ids: list[int] = field(default_factory=list)
+    offset: int = 0  # where the current scanners' output begins in the choice's text
+    past: list[Any] = field(default_factory=list)  # findings of scanners replaced at a restart
     found: list[Any] = field(default_factory=list)
+    tokens: int = 0  # tokens the engine generated for it (kept or not)
+    switched: list[str] = field(default_factory=list)  # policies it was switched to steering by
     blocked: bool = False
     failed_closed: bool = False
+    over: bool = False
 
 
 @dataclass
@@ -34,43 +66,129 @@ class OutputGuard:
     scanned: list[ActivePolicy]  # every active policy that applies to this request
     n: int = 1
     tails: list[str] = field(default_factory=list)  # per prompt: the end of the prompt the output continues
+    args: list[GuardArgs] = field(default_factory=list)  # per prompt: the guard args its rows start with
     marker: int | None = None  # the token a worker-failed row stops on (protocol.py)
+    holdback_chars: int = 240
     choices: dict[int, _Choice] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._policies = {p.key: p for p in self.scanned}
+        bypassed = any(d.bypassed_by is not None for d in self.decisions)
+        self.acts = not bypassed and any(p.spec.on_leak == "act" for p in self.scanned)
+
+    @property
+    def holds(self) -> bool:
+        """Whether output is held back and judged before release (the engine must then stream deltas)."""
+        return self.acts
+
+    def _scanners(self, tail: str) -> list[OutputScanner]:
+        parts = [(p.key, p) for p in self.scanned]
+        return [s for c in SCANNERS if (s := c.output_scanner([(k, p.parts[c.name]) for k, p in parts], tail))
+                is not None]
+
+    def _tail(self, prompt: int) -> str:
+        return self.tails[prompt] if prompt < len(self.tails) else ""
 
     def _choice(self, index: int) -> _Choice:
         if index not in self.choices:
             prompt = index // self.n
-            tail = self.tails[prompt] if prompt < len(self.tails) else ""
-            scanners = [s for c in SCANNERS if (s := c.output_scanner(
-                [(p.key, p.parts[c.name]) for p in self.scanned], tail)) is not None]
-            self.choices[index] = _Choice(self.decisions[prompt], scanners)
+            args = self.args[prompt] if prompt < len(self.args) else GuardArgs()
+            self.choices[index] = _Choice(prompt, args, self._scanners(self._tail(prompt)))
         return self.choices[index]
 
-    def on_delta(self, index: int, text: str, token_ids: list[int], finish_reason: str | None,
-                 stop_reason: Any = None) -> tuple[str, str | None, bool]:
-        """Returns (text to emit, finish reason to report, whether this choice is now over)."""
-        c = self._choice(index)
-        if c.blocked:
-            return "", None, True
-        c.tokens += len(token_ids)
-        found = [item for s in c.scanners for item in s.feed(text)]
-        block = min((f for f in found if getattr(f, "block", False)), key=lambda f: f.start, default=None)
-        if block is not None:
-            c.blocked = True
-            return text[: max(0, block.start - c.emitted)], CONTENT_FILTER, True
-        if finish_reason == "stop" and self.marker is not None and stop_reason == self.marker:
-            c.blocked = c.failed_closed = True  # the worker could not load a policy of this row
-            return REFUSAL, CONTENT_FILTER, True
-        c.emitted += len(text)
-        return text, finish_reason, finish_reason is not None
+    async def on_delta(self, d: ChoiceDelta) -> Step:
+        c = self._choice(d.index)
+        if c.over:
+            return Step()
+        c.tokens += len(d.token_ids)
+        if d.finish_reason == "stop" and self.marker is not None and d.stop_reason == self.marker:
+            c.over = c.blocked = c.failed_closed = True  # the worker could not load a policy of this row
+            c.held = []
+            return Step(ChoiceDelta(d.index, REFUSAL, [], None, CONTENT_FILTER))
+        c.held.append(d)
+        leak = self._acting([x for s in c.scanners for x in s.feed(d.text)])
+        if leak is not None:
+            return self._act(d.index, c, leak)
+        if not self.holds:
+            return self._release(d.index, c, len(c.held))
+        cut = self._boundary(c.held, final=d.finish_reason is not None)
+        if not cut:
+            return Step()
+        upto = len(c.released) - c.offset + sum(len(h.text) for h in c.held[:cut])
+        leak = self._acting(await asyncio.to_thread(self._review, c, upto))
+        if leak is not None:
+            return self._act(d.index, c, leak)
+        return self._release(d.index, c, cut)
+
+    @staticmethod
+    def _review(c: _Choice, upto: int) -> list[Any]:
+        return [x for s in c.scanners for x in s.review(upto)]
+
+    def _acting(self, found: list[Any]) -> Any:
+        return None if not self.acts else min((f for f in found if getattr(f, "act", False)),
+                                              key=lambda f: f.start, default=None)
+
+    def _boundary(self, held: list[ChoiceDelta], final: bool) -> int:
+        """How many held deltas may be judged and released now: all at the end; else through the last one that
+        ends a sentence (the next one begins with a space or a new line); else, past the holdback bound,
+        through the last one that ends a word."""
+        if final:
+            return len(held)
+        text, sentence, word = "", 0, 0
+        for i, h in enumerate(held[:-1]):
+            text += h.text
+            nxt = held[i + 1].text[:1]
+            if nxt.isspace() or text[-1:].isspace():
+                word = i + 1
+                if _SENTENCE_END.search(text):
+                    sentence = i + 1
+        if sentence:
+            return sentence
+        if len(text) + len(held[-1].text) > self.holdback_chars:
+            return word or len(held) - 1
+        return 0
+
+    def _release(self, index: int, c: _Choice, cut: int) -> Step:
+        out, c.held = c.held[:cut], c.held[cut:]
+        text = "".join(h.text for h in out)
+        ids = [t for h in out for t in h.token_ids]
+        logprobs = None if all(h.logprobs is None for h in out) else [x for h in out for x in (h.logprobs or [])]
+        last = out[-1]
+        c.released += text
+        c.released_ids += ids
+        c.over = last.finish_reason is not None
+        return Step(ChoiceDelta(index, text, ids, logprobs, last.finish_reason, last.stop_reason))
+
+    def _act(self, index: int, c: _Choice, leak: Any) -> Step:
+        """Refuse the choice, or continue it steered by the leaking policy from the last released token."""
+        c.held = []
+        policy = self._policies.get(leak.policy)
+        steer = (policy is not None and policy.action is Action.steer and self.decisions[c.prompt].verdict
+                 is not Verdict.refuse and policy.policy_key not in c.args.steer and len(c.switched) < MAX_SWITCHES)
+        if not steer:
+            c.over = c.blocked = True
+            return Step(ChoiceDelta(index, "", [], None, CONTENT_FILTER))
+        c.past += self._offset(c, [x for s in c.scanners for x in s.findings()])
+        c.args = c.args.steering_also(policy.policy_key)
+        c.switched.append(leak.policy)
+        c.scanners = self._scanners(self._tail(c.prompt) + c.released)
+        c.offset = len(c.released)
+        return Step(restart=(index, list(c.released_ids), c.args))
+
+    @staticmethod
+    def _offset(c: _Choice, found: list[Any]) -> list[Any]:
+        for f in found:
+            f.start += c.offset
+        return found
 
     def all_over(self, n_choices: int) -> bool:
-        return len(self.choices) == n_choices and all(c.blocked for c in self.choices.values())
+        return len(self.choices) == n_choices and all(c.over for c in self.choices.values())
 
     def finish(self) -> None:
         """The end-of-output checks (semantic leaks: embeds). Blocking: call off the event loop."""
         for c in self.choices.values():
-            c.found = [item for s in c.scanners for item in s.finish()]
+            c.found = c.past + self._offset(c, [x for s in c.scanners for x in s.finish()])
+            c.past = []
 
     def detail(self) -> GuardSummary:
         """The guard's whole account of the request (call `finish` first): for admins and viewers only."""
@@ -78,18 +196,32 @@ class OutputGuard:
         leaks = [LeakInfo(policy=lk.policy, kind=lk.kind, text=lk.text, start=lk.start,
                           score=None if lk.score is None else round(lk.score, 4), choice=index)
                  for index, c in sorted(self.choices.items()) for lk in c.found]
+        switched = [k for c in self.choices.values() for k in c.switched]
         return GuardSummary(
-            action=aggregate(self.decisions).value,
-            policies=list(dict.fromkeys(k for d in decisions for k in d.policies)),
+            action=self.action().value,
+            policies=list(dict.fromkeys([k for d in decisions for k in d.policies] + switched)),
             matches=[m for d in decisions for m in d.matches],
             failed_closed_policies=[f for d in decisions for f in d.failed_closed_policies],
             classifier_ms=max(d.classifier_ms for d in decisions), bypassed_by=decisions[0].bypassed_by,
-            leaks=leaks, blocked=[i for i, c in sorted(self.choices.items()) if c.blocked and not c.failed_closed],
+            leaks=leaks, blocked=self.blocked(), steered=self.steered(),
             failed_closed=sum(c.failed_closed for c in self.choices.values()),
             prompts=decisions if len(decisions) > 1 else None)
 
+    def action(self) -> Verdict:
+        """The request's action: the most severe of its prompts' decisions and of what the output guard did."""
+        done = [Verdict.steer] * bool(self.steered()) + [Verdict.refuse] * bool(self.blocked())
+        return aggregate(self.decisions, done)
 
-def aggregate(decisions: list[GuardDecision]) -> Verdict:
-    """The request's action: the most severe of its prompts' decisions."""
+    def blocked(self) -> list[int]:
+        """Choices ended at a leak."""
+        return [i for i, c in sorted(self.choices.items()) if c.blocked and not c.failed_closed]
+
+    def steered(self) -> list[int]:
+        """Choices switched to steered decoding at a leak."""
+        return [i for i, c in sorted(self.choices.items()) if c.switched]
+
+
+def aggregate(decisions: list[GuardDecision], more: list[Verdict] = ()) -> Verdict:
+    """The most severe of the prompts' decisions (and `more`)."""
     order = [Verdict.passed, Verdict.steer, Verdict.refuse]
-    return max((d.verdict for d in decisions), key=order.index, default=Verdict.passed)
+    return max([d.verdict for d in decisions] + list(more), key=order.index, default=Verdict.passed)

@@ -31,6 +31,9 @@ def outcome(summary: GuardSummary, output_tokens: int) -> None:
         m.LEAKS.labels(leak.policy.split("@")[0], leak.kind).inc()
     if summary.blocked:
         m.REFUSALS.labels("leak_blocked").inc(len(summary.blocked))
+        m.OUTPUT_ACTIONS.labels("refuse").inc(len(summary.blocked))
+    if summary.steered:
+        m.OUTPUT_ACTIONS.labels("steer").inc(len(summary.steered))
     if summary.failed_closed:
         m.REFUSALS.labels("failed_closed").inc(summary.failed_closed)
 

@@ -5,7 +5,9 @@ guard object (full detail for admins and viewers, the action and opaque policy i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from guard_service.frontend import recorder
@@ -14,6 +16,7 @@ from guard_service.frontend.guard import Guard
 from guard_service.frontend.output_guard import OutputGuard, aggregate
 from guard_service.frontend.summary import GuardSummary, PublicGuard
 from guard_service.protocol import GuardArgs
+from guard_service.serving.generation import ChoiceDelta, Generation
 from guard_service.serving.prompts import Prompt
 
 
@@ -32,7 +35,9 @@ class GuardSession:
         policies, failed = self.guard.applicable(self.model, self.tenant)
         self.decisions = await self.guard.check([p.segments for p in prompts], policies, failed, self.access)
         self._applicable = [p.policy_key for p in policies]
-        self.output = OutputGuard(self.decisions, policies, self.n, [p.tail for p in prompts], self.guard.marker)
+        self.output = OutputGuard(self.decisions, policies, self.n, [p.tail for p in prompts],
+                                  [self.guard_args(i) for i in range(len(prompts))], self.guard.marker,
+                                  self.guard.settings.output_holdback_chars)
         recorder.decisions(self.decisions, self.endpoint, self.tenant)
         self.guard.audit_decisions(self.decisions, self.tenant, self.endpoint)
         return self.decisions
@@ -49,14 +54,25 @@ class GuardSession:
         return self.decisions[prompt_index].guard_args(self._applicable, self.guard.marker)
 
     def public(self) -> PublicGuard:
+        """What any client may see before generation (the response headers)."""
         return PublicGuard(action=self.verdict.value,
-                           policies=list(dict.fromkeys(i for d in self.decisions for i in d.policy_ids)),
-                           blocked=[i for i, c in sorted(self.output.choices.items())
-                                    if c.blocked and not c.failed_closed])
+                           policies=list(dict.fromkeys(i for d in self.decisions for i in d.policy_ids)))
 
-    def text_arrived(self) -> None:
-        if self.first_text_at is None:
-            self.first_text_at = time.perf_counter()
+    async def guarded(self, generation: Generation, n_choices: int) -> AsyncIterator[ChoiceDelta]:
+        """The engine's deltas after the output guard, which may hold text back, end a choice or restart it
+        steered (`OutputGuard`). Stops generating once every choice is over (that aborts the engine requests)."""
+        async with contextlib.aclosing(aiter(generation)) as deltas:  # closing it aborts what still runs
+            async for d in deltas:
+                step = await self.output.on_delta(d)
+                if step.restart is not None:
+                    index, kept, args = step.restart
+                    generation.restart(index, kept, args.apply)
+                if step.emit is not None:
+                    if step.emit.text and self.first_text_at is None:
+                        self.first_text_at = time.perf_counter()
+                    yield step.emit
+                if self.output.all_over(n_choices):
+                    return
 
     def headers(self) -> dict[str, str]:
         level = "full" if self.access.detail else self.guard.settings.client_guard_detail

@@ -46,14 +46,15 @@ class GuardSummary(BaseModel):
     classifier_ms: float = 0.0
     bypassed_by: str | None = None
     leaks: list[LeakInfo] = Field(default_factory=list)
-    blocked: list[int] = Field(default_factory=list)  # choices cut at a leak
+    blocked: list[int] = Field(default_factory=list)  # choices ended at a leak
+    steered: list[int] = Field(default_factory=list)  # choices switched to steered decoding at a leak
     failed_closed: int = 0  # choices the worker ended because a policy could not load
     prompts: list[DecisionInfo] | None = None  # one per prompt, when a request has several
 
     def public(self) -> PublicGuard:
         return PublicGuard(action=self.action, policies=list(dict.fromkeys(p.rpartition("@")[0] or p
                                                                               for p in self.policies)),
-                           blocked=self.blocked)
+                           blocked=self.blocked, steered=self.steered)
 
 
 class PublicGuard(BaseModel):
@@ -63,3 +64,4 @@ class PublicGuard(BaseModel):
     action: str
     policies: list[str]
     blocked: list[int] = Field(default_factory=list)
+    steered: list[int] = Field(default_factory=list)

@@ -117,14 +117,25 @@ class RowGuard:
 
 
 class OutputScanner:
-    """One generated choice's scan (API process). Returns what it finds as it finds it."""
+    """One generated choice's scan (API process). Returns what it finds as it finds it; a finding with a true
+    `act` attribute makes the output guard act on it (frontend/output_guard.py)."""
 
     def feed(self, text: str) -> list[Any]:
+        """Cheap checks of each delta as it arrives (runs on the event loop)."""
         raise NotImplementedError
 
-    def finish(self) -> list[Any]:
-        """The end-of-output checks; may embed: call off the event loop."""
+    def review(self, upto: int) -> list[Any]:
+        """The costlier checks of the output up to `upto` characters, before the output guard releases it; may
+        embed: call off the event loop."""
         return []
+
+    def findings(self) -> list[Any]:
+        """Everything found so far, with no further checks."""
+        return []
+
+    def finish(self) -> list[Any]:
+        """The end-of-output checks; returns everything found. May embed: call off the event loop."""
+        return self.findings()
 
 
 @dataclass(frozen=True)

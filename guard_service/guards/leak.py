@@ -4,14 +4,16 @@ Lexical: any spelling variant of a policy's forbidden strings (the same list the
 case-insensitive, on word boundaries, scanned incrementally as the stream grows. Names are also matched unit by
 unit (letters and digits, whatever separates them: "J K Rowling", "Harry-Potter", "H a r r y"), and truncated
 or bent spellings of a name count as leaks too: most of a single-word name ("Hermion", "Rowle"), or a name's
-first word(s) followed by the start of the next ("J.K.R", "Harry Potts"). Semantic: at the end, each generated
-sentence against the policy's facts (operator-given and expanded).
+first word(s) followed by the start of the next ("J.K.R", "Harry Potts"). Semantic: each generated sentence
+(`review`, as the output guard releases held-back text; the rest at `finish`) against the policy's facts
+(operator-given and expanded): a leak when it restates one closely, or fairly closely while naming what the
+target's facts name (the prompt side's evidence rule), and is no closer to the policy's retain examples.
 
 The scan starts at the prompt's tail: a name begun in the prompt and finished by the output is a leak; one that
 lies wholly in the prompt is not. Every active policy that applies to the request is scanned, matched or not: a
-leak on an unmatched prompt is a classifier miss that operators must see. A policy with `on_leak: block` cuts
-the stream at the first leak (`Leak.block`). Compiles nothing of its own: it reads forbidden.json and the facts
-in classifier.json.
+leak on an unmatched prompt is a classifier miss that operators must see. A policy with `on_leak: act` (the
+default) acts on it (`Leak.act`: frontend/output_guard.py refuses or steers the choice); `report` only records
+it. Compiles nothing of its own: it reads forbidden.json and the facts and evidence in classifier.json.
 """
 
 from __future__ import annotations
@@ -22,13 +24,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from guard_service.embedding import embed
-from guard_service.guards.base import GuardComponent, OutputScanner
+from guard_service.guards.base import GuardComponent, OutputScanner, PromptText
+from guard_service.guards.evidence import Evidence, EvidenceDetector, evidence_reason
 from guard_service.guards.spelling import NameIndex, name_index, name_leaks, units_of
 from guard_service.policy.artifacts import PolicyArtifact
+from guard_service.policy.forbidden import is_name, variants
 from guard_service.policy.request import UnlearningRequest
 
 SEMANTIC_MIN_CHARS = 20
-FACT_MIN_SIM = 0.7  # a generated sentence this close to a forbidden fact restates it
+FACT_MIN_SIM = 0.75  # a generated sentence this close to a forbidden fact restates it
+FACT_EVIDENCE_SIM = 0.6  # ... or this close while naming what the target's facts name
+# One sentence and its terminator; a full stop not followed by a space ("J.K.", "3.5") stays inside it.
+_SENTENCE = re.compile(r"(?:[^.!?。！？\n]|[.!?](?=\S))+[.!?。！？]*")
 RESCAN_CHARS = 96  # a leak may straddle deltas: each feed rescans this much of what came before
 
 
@@ -59,10 +66,13 @@ def leak_pattern(variants: list[str]) -> re.Pattern[str]:
 class Known:
     """One policy's part of the scan: its spellings, its names (for pieces and truncations), its facts."""
 
-    pattern: re.Pattern[str]
-    names: NameIndex
+    pattern: re.Pattern[str]  # every forbidden string's spellings (facts' phrases too: reported)
+    whole: frozenset[str]  # the casefolded spellings of the target's whole names: acted on
+    names: NameIndex  # whole names, for spellings by pieces and truncations (acted on)
     fact_vectors: np.ndarray  # embedded once at load
-    block: bool  # on_leak == "block"
+    retain_vectors: np.ndarray  # the policy's retain examples: what must stay answerable
+    evidence: Evidence
+    act: bool  # on_leak == "act"
 
 
 @dataclass
@@ -72,7 +82,7 @@ class Leak:
     text: str
     start: int  # offset in the generated text (0 when the leak began in the prompt)
     score: float | None = None
-    block: bool = False  # its policy cuts the stream here
+    act: bool = False  # its policy acts on it (refuses or steers the choice)
 
     def as_dict(self) -> dict:
         return {"policy": self.policy, "kind": self.kind, "text": self.text, "start": self.start,
@@ -89,6 +99,7 @@ class LeakScanner(OutputScanner):
     text: str = field(init=False)  # prompt tail + output
     leaks: list[Leak] = field(default_factory=list)
     _scanned: int = field(init=False)
+    _judged: int = 0  # output characters the semantic check has read
     _finished: bool = False
 
     def __post_init__(self) -> None:
@@ -99,12 +110,15 @@ class LeakScanner(OutputScanner):
     def output(self) -> str:
         return self.text[len(self.prompt_tail):]
 
-    def _found(self, key: str, known: Known, start: int, end: int) -> Leak | None:
+    def _found(self, key: str, known: Known, start: int, end: int, name: bool) -> Leak | None:
+        """A lexical leak; acted on only if it spells a whole name (a phrase of the target's facts, "Cape Town",
+        is the target's only in context: the semantic check judges that)."""
         offset = len(self.prompt_tail)
         rel = max(0, start - offset)
         if end <= offset or any(lk.policy == key and lk.start == rel for lk in self.leaks):
             return None
-        return Leak(key, "lexical", self.text[max(start, 0):end], rel, block=known.block)
+        text = self.text[max(start, 0):end]
+        return Leak(key, "lexical", text, rel, act=known.act and (name or text.casefold() in known.whole))
 
     def _scan(self, final: bool) -> list[Leak]:
         """Every policy over the new text (and a little before it); the text's words are split once for all."""
@@ -112,11 +126,11 @@ class LeakScanner(OutputScanner):
         found: list[Leak] = []
         units = units_of(self.text)
         for key, known in self.policies:
-            spans = [(m.start(), m.end()) for m in known.pattern.finditer(self.text, window)
+            spans = [(m.start(), m.end(), False) for m in known.pattern.finditer(self.text, window)
                      if m.end() > self._scanned or final]
-            spans += name_leaks(self.text, known.names, window, final, units)
-            for start, end in sorted(spans):
-                leak = self._found(key, known, start, end)
+            spans += [(a, b, True) for a, b in name_leaks(self.text, known.names, window, final, units)]
+            for start, end, name in sorted(spans):
+                leak = self._found(key, known, start, end, name)
                 if leak is not None:
                     found.append(leak)
                     self.leaks.append(leak)
@@ -128,26 +142,41 @@ class LeakScanner(OutputScanner):
         self._scanned = len(self.text)
         return found
 
-    def finish(self) -> list[Leak]:
-        """Judge what only the end can tell (a last word that might have grown), then compare each generated
-        sentence with the policies' facts. Embeds: call off the event loop."""
-        if self._finished:
-            return self.leaks
-        self._finished = True
-        self._scan(final=True)
-        output = self.output
-        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", output) if
-                     len(s.strip()) >= SEMANTIC_MIN_CHARS]
+    def review(self, upto: int | None = None) -> list[Leak]:
+        """The semantic check of the output's sentences up to `upto` (all of it: None) not read before; returns
+        its new leaks. Embeds: call off the event loop."""
+        end = len(self.output) if upto is None else upto
+        chunk, start = self.output[self._judged:end], self._judged
+        self._judged = max(self._judged, end)
         policies = [(key, known) for key, known in self.policies if len(known.fact_vectors)]
-        if not sentences or not policies:
-            return self.leaks
-        vectors = embed(sentences)
+        spans = [(m.start() + start, m.group().strip()) for m in _SENTENCE.finditer(chunk)]
+        spans = [(at, s) for at, s in spans if len(s) >= SEMANTIC_MIN_CHARS]
+        if not spans or not policies:
+            return []
+        vectors = embed([s for _, s in spans])
+        found = []
         for key, known in policies:
             sims = (vectors @ known.fact_vectors.T).max(axis=1)
-            best = int(np.argmax(sims))
-            score = float(sims[best])
-            if score >= FACT_MIN_SIM:
-                self.leaks.append(Leak(key, "semantic", sentences[best], output.find(sentences[best]), score))
+            kept = ((vectors @ known.retain_vectors.T).max(axis=1) if len(known.retain_vectors)
+                    else np.full(len(spans), -1.0))
+            for (at, sentence), score, near_retain in zip(spans, sims.tolist(), kept.tolist(), strict=True):
+                if score < FACT_EVIDENCE_SIM or score <= near_retain:
+                    continue
+                if score >= FACT_MIN_SIM or evidence_reason(PromptText(sentence, vectors[:0]), known.evidence):
+                    found.append(Leak(key, "semantic", sentence, at, score, act=known.act))
+        self.leaks.extend(found)
+        return found
+
+    def finish(self) -> list[Leak]:
+        """Judge what only the end can tell (a last word that might have grown) and the sentences `review` has
+        not read. Embeds: call off the event loop."""
+        if not self._finished:
+            self._finished = True
+            self._scan(final=True)
+            self.review()
+        return self.leaks
+
+    def findings(self) -> list[Leak]:
         return self.leaks
 
     def summary(self) -> list[dict]:
@@ -159,8 +188,10 @@ class LeakDetector(GuardComponent):
 
     def load(self, artifact: PolicyArtifact, spec: UnlearningRequest) -> Known:
         forbidden = artifact.forbidden
-        return Known(leak_pattern(forbidden.variants), name_index(forbidden.items),
-                     embed(list(artifact.classifier.facts)), spec.on_leak == "block")
+        whole = frozenset(v.casefold() for item in forbidden.items if is_name(item) for v in variants(item.text))
+        return Known(leak_pattern(forbidden.variants), whole, name_index(forbidden.items, whole_only=True),
+                     embed(list(artifact.classifier.facts)), embed(list(spec.retain_examples)),
+                     EvidenceDetector().load(artifact, spec), spec.on_leak == "act")
 
     def output_scanner(self, parts: list[tuple[str, Known]], prompt_tail: str) -> LeakScanner:
         return LeakScanner([(key, part) for key, part in parts if part is not None], prompt_tail)

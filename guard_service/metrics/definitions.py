@@ -29,6 +29,8 @@ AUTH_FAILURES = Counter("guard_auth_failures_total", "Requests refused for a mis
 AUDIT_DROPPED = Counter("guard_audit_dropped_total", "Audit rows dropped because the write queue was full")
 REFUSALS = Counter("guard_refusals_total", "Refused choices by reason", ["reason"])
 LEAKS = Counter("guard_leaks_total", "Forgotten content found in generated text", ["policy", "kind"])
+OUTPUT_ACTIONS = Counter("guard_output_actions_total", "Choices the output side ended (refuse) or resumed under "
+                         "steered decoding (steer) at a leak", ["action"])
 ACTIVE_POLICIES = Gauge("guard_active_policies", "Policies this process enforces", multiprocess_mode="liveall")
 COMPILE_SECONDS = Histogram("guard_compile_duration_seconds", "Policy compile time", ["stage"],
                             buckets=LATENCY_BUCKETS)

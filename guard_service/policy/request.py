@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from guard_service.validation import ValidText
 
@@ -30,6 +30,12 @@ class TargetKind(StrEnum):
 class Action(StrEnum):
     refuse = "refuse"
     steer = "steer"
+
+
+# What the output guard does when it finds a policy's knowledge in generated text: act (refuse the choice, or
+# steer it from the last clean point; frontend/output_guard.py) or only report it. "block", the old name of
+# acting, is still read (stored specs and clients written before it was renamed).
+OnLeak = Annotated[Literal["act", "report"], BeforeValidator(lambda v: "act" if v == "block" else v)]
 
 
 class Strength(BaseModel):
@@ -72,8 +78,9 @@ class UnlearningRequest(ValidText):
         default_factory=list, description="server-side files or folders under the indexes/ directory")
     retain_examples: list[NonEmpty] = Field(default_factory=list, max_length=500)
     action: Action = Action.steer
-    on_leak: Literal["report", "block"] = Field(
-        "report", description="block: cut the stream when the output leak detector fires")
+    on_leak: OnLeak = Field(
+        "act", description="act: a refuse policy ends a choice whose output leaks (content_filter), a steer policy "
+        "continues it under steered decoding from the last clean sentence; report: only record the leak")
     strength: Strength = Field(default_factory=Strength)
     scope: Scope = Field(default_factory=Scope)
     expires_at: datetime | None = None
@@ -113,7 +120,7 @@ class UnlearningPatch(ValidText):
     protected_documents: list[str] | None = None
     retain_examples: list[NonEmpty] | None = None
     action: Action | None = None
-    on_leak: Literal["report", "block"] | None = None
+    on_leak: OnLeak | None = None
     strength: Strength | None = None
     scope: Scope | None = None
     expires_at: datetime | None = None

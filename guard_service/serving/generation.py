@@ -1,9 +1,12 @@
 """Run prompts through the engine and expose one flat stream of per-choice deltas.
 
-Routes render these deltas as SSE chunks or fold them into one response; a cancelled consumer (client
-gone) cancels the engine iterators, which makes vLLM abort the requests. Each prompt carries its own sampling
-parameters (its own guard decision). An engine error aborts that request (no bookkeeping is left behind) and
-becomes a `ServiceError`: 400 for what the engine rejected, 503 for a dead engine, else a logged 500.
+Each choice is its own engine request (a prompt's `n` choices are `n` requests with `n=1`, seeded as vLLM seeds
+its own parallel samples: `seed + k`), so that one choice can be restarted from a prefix of its output under
+other sampling parameters (the output guard's switch to steered decoding) without touching its siblings; the
+prefix cache makes the shared prompt cheap. Routes render the deltas as SSE chunks or fold them into one
+response; a cancelled consumer (client gone) cancels the engine iterators, which makes vLLM abort the requests.
+An engine error aborts that request (no bookkeeping is left behind) and becomes a `ServiceError`: 400 for what
+the engine rejected, 503 for a dead engine, else a logged 500.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,16 +80,16 @@ def _engine_error(exc: BaseException) -> ServiceError:
     return ServiceError(500, "generation failed (see the server log)", code="generation_failed")
 
 
-async def _one_prompt(engine: Any, job: PromptJob, request_id: str) -> AsyncIterator[ChoiceDelta]:
+async def _one_choice(engine: Any, index: int, token_ids: list[int], params: SamplingParams,
+                      request_id: str) -> AsyncIterator[ChoiceDelta]:
     try:
-        async for out in engine.generate(TokensPrompt(prompt_token_ids=job.token_ids), job.params, request_id):
+        async for out in engine.generate(TokensPrompt(prompt_token_ids=token_ids), params, request_id):
             for o in out.outputs:
                 if o.finish_reason in ("abort", "error"):  # never passed off as a normal stop
                     raise ServiceError(503, f"the engine ended the request ({o.finish_reason}); retry",
                                        code="engine_aborted")
-                yield ChoiceDelta(index=job.index * job.params.n + o.index, text=o.text,
-                                  token_ids=list(o.token_ids), logprobs=o.logprobs, finish_reason=o.finish_reason,
-                                  stop_reason=o.stop_reason)
+                yield ChoiceDelta(index=index, text=o.text, token_ids=list(o.token_ids), logprobs=o.logprobs,
+                                  finish_reason=o.finish_reason, stop_reason=o.stop_reason)
     except (asyncio.CancelledError, GeneratorExit, ServiceError):
         raise
     except Exception as exc:
@@ -96,38 +99,86 @@ async def _one_prompt(engine: Any, job: PromptJob, request_id: str) -> AsyncIter
         raise _engine_error(exc) from exc
 
 
-async def _merge(streams: list[AsyncIterator[ChoiceDelta]]) -> AsyncIterator[ChoiceDelta]:
-    queue: asyncio.Queue[ChoiceDelta | BaseException | None] = asyncio.Queue()
+@dataclass
+class _Stream:
+    base: list[int]  # the prompt's tokens
+    params: SamplingParams
+    prompt: list[int] = field(default_factory=list)  # what the current request continues
+    max_tokens: int | None = None  # the choice's budget: a restart gets what its kept prefix left
+    attempt: int = 0
+    task: asyncio.Task | None = None
+    live: bool = False  # its current request's end has not been consumed yet
 
-    async def pump(stream: AsyncIterator[ChoiceDelta]) -> None:
+
+class Generation:
+    """The engine requests of one API request, merged into one stream of deltas (async-iterate it once)."""
+
+    def __init__(self, engine: Any, jobs: list[PromptJob], request_id: str):
+        self.engine, self.request_id = engine, request_id
+        self.streams: dict[int, _Stream] = {}
+        for job in jobs:
+            for k in range(job.params.n):
+                params = job.params.clone()
+                params.n = 1
+                if params.seed is not None:
+                    params.seed += k
+                self.streams[job.index * job.params.n + k] = _Stream(list(job.token_ids), params,
+                                                                     list(job.token_ids), params.max_tokens)
+        self._queue: asyncio.Queue[tuple[int, int, ChoiceDelta | BaseException | None]] = asyncio.Queue()
+
+    def _start(self, index: int) -> None:
+        s = self.streams[index]
+        rid = f"{self.request_id}-{index}" + (f"-r{s.attempt}" if s.attempt else "")
+        source = _one_choice(self.engine, index, s.prompt, s.params, rid)
+        attempt = s.attempt
+
+        async def pump() -> None:
+            try:
+                async for item in source:
+                    await self._queue.put((index, attempt, item))
+                await self._queue.put((index, attempt, None))
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # forwarded to the consumer, never lost
+                await self._queue.put((index, attempt, exc))
+
+        s.task, s.live = asyncio.create_task(pump()), True
+
+    def restart(self, index: int, prefix: list[int], adjust: Callable[[SamplingParams], SamplingParams]) -> None:
+        """Abort choice `index` and continue it from its prompt + `prefix` (all of its output that is kept) under
+        `adjust(params)`; its deltas from then on continue the kept text."""
+        s = self.streams[index]
+        if s.task is not None:
+            s.task.cancel()  # vLLM aborts the engine request
+        s.prompt, s.params = s.base + list(prefix), adjust(s.params.clone())
+        if s.max_tokens is not None:
+            s.params.max_tokens = max(1, s.max_tokens - len(prefix))
+        s.attempt += 1
+        self._start(index)
+
+    async def __aiter__(self) -> AsyncIterator[ChoiceDelta]:
+        for index in self.streams:
+            self._start(index)
         try:
-            async for item in stream:
-                await queue.put(item)
-            await queue.put(None)
-        except BaseException as exc:  # forwarded to the consumer, never lost
-            await queue.put(exc)
-            raise
-
-    tasks = [asyncio.create_task(pump(s)) for s in streams]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            item = await queue.get()
-            if item is None:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            while any(s.live for s in self.streams.values()):
+                index, attempt, item = await self._queue.get()
+                if attempt != self.streams[index].attempt:
+                    continue  # a restarted choice's earlier request
+                if item is None:
+                    self.streams[index].live = False
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            tasks = [s.task for s in self.streams.values() if s.task is not None]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def generate(engine: Any, jobs: list[PromptJob], request_id: str) -> AsyncIterator[ChoiceDelta]:
-    streams = [_one_prompt(engine, job, f"{request_id}-{job.index}") for job in jobs]
-    return streams[0] if len(streams) == 1 else _merge(streams)
+def generate(engine: Any, jobs: list[PromptJob], request_id: str) -> Generation:
+    return Generation(engine, jobs, request_id)
 
 
 async def collect(deltas: AsyncIterator[ChoiceDelta], n_choices: int) -> list[ChoiceResult]:
