@@ -54,7 +54,8 @@ def test_tofu_refusals_and_untouched_retain(report: Path):
     m = load(report, "tofu")["metrics"]
     # the first forget question names no one ("the geology author born in Karachi ... 1975"): a known miss
     assert m["flag_rate.forget"] >= 2 / 3
-    assert m["refused.forget"] == m["flag_rate.forget"]  # a `refuse` policy refuses every prompt it matches
+    # a `refuse` policy refuses every prompt it matches (and the output side may end more answers)
+    assert m["refused.forget"] >= m["flag_rate.forget"]
     assert m["rougeL_recall.forget.guarded"] < m["rougeL_recall.forget.unguarded"]
     # retain questions were not flagged: identical greedy answers, identical scores
     assert m["flag_rate.retain"] == 0.0
