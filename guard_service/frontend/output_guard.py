@@ -106,14 +106,17 @@ class OutputGuard:
             c.held = []
             return Step(ChoiceDelta(d.index, REFUSAL, [], None, CONTENT_FILTER))
         c.held.append(d)
-        leak = self._acting([x for s in c.scanners for x in s.feed(d.text)])
-        if leak is not None:
-            return self._act(d.index, c, leak)
-        if not self.holds:
+        if not self.holds:  # nothing acts: scan as it comes, for the report
+            for s in c.scanners:
+                s.feed(d.text)
             return self._release(d.index, c, len(c.held))
         cut = self._boundary(c.held, final=d.finish_reason is not None)
         if not cut:
             return Step()
+        # Scanned a chunk at a time, not per token: the lexical scan's cost grows with the policies.
+        leak = self._acting([x for s in c.scanners for x in s.feed("".join(h.text for h in c.held[:cut]))])
+        if leak is not None:
+            return self._act(d.index, c, leak)
         upto = len(c.released) - c.offset + sum(len(h.text) for h in c.held[:cut])
         leak = self._acting(await asyncio.to_thread(self._review, c, upto))
         if leak is not None:
