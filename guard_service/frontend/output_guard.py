@@ -74,12 +74,9 @@ class OutputGuard:
     def __post_init__(self) -> None:
         self._policies = {p.key: p for p in self.scanned}
         bypassed = any(d.bypassed_by is not None for d in self.decisions)
-        self.acts = not bypassed and any(p.spec.on_leak == "act" for p in self.scanned)
-
-    @property
-    def holds(self) -> bool:
-        """Whether output is held back and judged before release (the engine must then stream deltas)."""
-        return self.acts
+        # Whether any policy acts on leaks: output is then held back and judged before release (and the engine
+        # must stream deltas).
+        self.holds = not bypassed and any(p.spec.on_leak == "act" for p in self.scanned)
 
     def _scanners(self, tail: str) -> list[OutputScanner]:
         parts = [(p.key, p) for p in self.scanned]
@@ -128,7 +125,7 @@ class OutputGuard:
         return [x for s in c.scanners for x in s.review(upto)]
 
     def _acting(self, found: list[Any]) -> Any:
-        return None if not self.acts else min((f for f in found if getattr(f, "act", False)),
+        return None if not self.holds else min((f for f in found if getattr(f, "act", False)),
                                               key=lambda f: f.start, default=None)
 
     def _boundary(self, held: list[ChoiceDelta], final: bool) -> int:

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from guard_service.frontend import recorder
 from guard_service.frontend.decision import GuardDecision, Verdict
@@ -29,14 +28,14 @@ class GuardSession:
         self.first_text_at: float | None = None
         self.decisions: list[GuardDecision] = []
         self.output = OutputGuard([], [], n)
-        self._applicable: list[Any] = []
 
     async def check(self, prompts: list[Prompt]) -> list[GuardDecision]:
         policies, failed = self.guard.applicable(self.model, self.tenant)
         self.decisions = await self.guard.check([p.segments for p in prompts], policies, failed, self.access)
-        self._applicable = [p.policy_key for p in policies]
+        applicable = [p.policy_key for p in policies]
         self.output = OutputGuard(self.decisions, policies, self.n, [p.tail for p in prompts],
-                                  [self.guard_args(i) for i in range(len(prompts))], self.guard.marker,
+                                  [d.guard_args(applicable, self.guard.marker) for d in self.decisions],
+                                  self.guard.marker,
                                   self.guard.settings.output_holdback_chars)
         recorder.decisions(self.decisions, self.endpoint, self.tenant)
         self.guard.audit_decisions(self.decisions, self.tenant, self.endpoint)
@@ -51,7 +50,7 @@ class GuardSession:
 
     def guard_args(self, prompt_index: int) -> GuardArgs:
         """The row's contract with the worker (protocol.py); its marker also goes into `stop_token_ids`."""
-        return self.decisions[prompt_index].guard_args(self._applicable, self.guard.marker)
+        return self.output.args[prompt_index]
 
     def public(self) -> PublicGuard:
         """What any client may see before generation (the response headers)."""
