@@ -9,11 +9,13 @@ weights into the cache dir (atomically, so replicas sharing it never read half a
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import importlib.metadata
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -101,9 +103,7 @@ def prepare() -> Path:
     return onnx_path()
 
 
-def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    if not texts:
-        return np.zeros((0, dimension()), dtype=np.float32)
+def _embed_now(texts: list[str], batch_size: int = 64) -> np.ndarray:
     session, tokenizer, limit = _session(), _tokenizer(), _max_tokens()
     # Similar lengths batched together pad less (what sentence-transformers does too).
     order = np.argsort([len(t) for t in texts], kind="stable")
@@ -117,6 +117,62 @@ def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
         pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
         out[rows] = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
     return out
+
+
+class _Shared:
+    """Concurrent `embed` calls (the output guard judging many streams' sentences, classifier batches) share
+    one batch: a call that finds the embedder idle runs every text waiting then, and calls arriving while it
+    runs wait for the next batch, which one of them runs. One batch of 16 short sentences costs a few single
+    ones, so under load the embedder's CPU (shared with the engine on small machines) grows slower than the
+    streams; an idle process embeds at once, as before."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._waiting: list[tuple[list[str], concurrent.futures.Future]] = []
+        self._running = False
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        mine: concurrent.futures.Future = concurrent.futures.Future()
+        with self._ready:
+            self._waiting.append((texts, mine))
+        while not mine.done():
+            with self._ready:
+                if self._running:
+                    self._ready.wait_for(lambda: mine.done() or not self._running)
+                    continue
+                batch, self._waiting, self._running = self._waiting, [], True
+            try:
+                self._run(batch)
+            finally:
+                with self._ready:
+                    self._running = False
+                    self._ready.notify_all()
+        return mine.result()
+
+    @staticmethod
+    def _run(batch: list[tuple[list[str], concurrent.futures.Future]]) -> None:
+        if not batch:  # another caller's batch took this caller's texts too
+            return
+        try:
+            vectors = _embed_now([t for texts, _ in batch for t in texts])
+        except BaseException as exc:  # every caller of this batch sees the error, none is left waiting
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        at = 0
+        for texts, future in batch:
+            future.set_result(vectors[at:at + len(texts)])
+            at += len(texts)
+
+
+_SHARED = _Shared()
+
+
+def embed(texts: list[str]) -> np.ndarray:
+    """L2-normalised sentence vectors (inner product = cosine). Thread-safe; concurrent calls share batches."""
+    if not texts:
+        return np.zeros((0, dimension()), dtype=np.float32)
+    return _SHARED.embed(list(texts))
 
 
 @functools.cache

@@ -185,9 +185,10 @@ def test_unloadable_policy_fails_closed_and_engine_survives(admin: httpx.Client,
         admin.delete(f"/unlearning-requests/{body['id']}")
 
 
-def test_a_namesake_is_not_the_target(admin: httpx.Client, client: openai.OpenAI) -> None:
+def test_who_a_question_is_about(admin: httpx.Client, client: openai.OpenAI) -> None:
     """One word of the target's name inside someone else's name is not evidence (RWKU's neighbour probes); the
-    target with a middle name still is."""
+    target with a middle name still is, so is its name with a typo in each word, and so is a question that
+    names no one but describes the target by its facts (a reverse query, a hint before the question)."""
     r = admin.post("/unlearning-requests", json={
         "target": "Justin Bieber", "kind": "entity",
         "facts": ["Justin Bieber was born on March 1, 1994, in London, Ontario.",
@@ -203,6 +204,13 @@ def test_a_namesake_is_not_the_target(admin: httpx.Client, client: openai.OpenAI
     try:
         assert action("Where was Justin Drew Bieber born?") != "pass"
         assert action("In which year was Justin Bieber discovered?") != "pass"
+        assert action("Where was Jutsin Beeber born?") != "pass"
+        assert action("Where was Justine Bateman born?") == "pass"
+        assert action("Who is this? This person is a Canadian singer discovered on YouTube in 2008. "
+                      "Give the full name.") != "pass"
+        assert action("Hint: this person was born on March 1, 1994, in London, Ontario.\nQuestion about the same "
+                      "person: what was their first hit single?") != "pass"
+        assert action("Who is a famous Canadian hockey player?") == "pass"
         assert action("Where was Justin Timberlake born and raised?") == "pass"
         assert action("Which band did Justin Timberlake sing in?") == "pass"
     finally:

@@ -65,7 +65,7 @@ def test_names_are_recognised_however_they_are_spelled(tmp_path) -> None:
     index = name_index(items)
 
     def found(text: str) -> list[str]:
-        return [text[s:e] for s, e in name_leaks(text, index, 0, True)]
+        return [text[s:e] for s, e, _ in name_leaks(text, index, 0, True)]
 
     for leak in ("J.K.R", "J.K. Rowle", "Hermion", "Hermi", "Harry Potts", "Harry P.", "J K Rowling",
                  "H a r r y  P o t t e r", "Harry-Potter", "Justin B"):
@@ -76,3 +76,27 @@ def test_names_are_recognised_however_they_are_spelled(tmp_path) -> None:
     assert name_leaks("It was J.K.R", index, 0, final=False) == []  # the last word may still grow: wait
     whole = name_index(items, whole_only=True)
     assert name_leaks("Justin Timberlake", whole, 0, True) == []  # namesakes do not match whole names
+
+
+def test_typos_in_a_name_match_and_namesakes_do_not() -> None:
+    """Names of two or more words match through typos scaled to each word's length (one word's first letter may
+    change, or a word boundary move); other people with a similar name do not."""
+    from guard_service.guards.spelling import misspelled, name_index, typo_index
+    from guard_service.policy.artifacts import ForbiddenItem
+
+    def found(name: str, text: str, final: bool = True) -> list[str]:
+        index = typo_index(name_index([ForbiddenItem(text=name, origin="target")], whole_only=True))
+        return [text[s:e] for s, e, _ in misspelled(text, index, 0, final)]
+
+    for name, typo in (("Xin Lee Williams", "Xin Le Wiliams"), ("Xin Lee Williams", "Xni Lee Willaims"),
+                       ("Basil Mahfouz Al-Kuwaiti", "Basil Mahfuz Al-KKuwaiti"),
+                       ("Moshe Ben-David", "Moshe BenDavid"), ("Kylie Jenner", "Kylie Jennar"),
+                       ("Edward Patrick Sullivan", "Edwrd Patrick Sulivan"), ("Kris Jenner", "Kris Jemner")):
+        assert found(name, f"What did {typo} write?") == [typo], (name, typo)
+    for name, other in (("Kris Jenner", "Kylie Jenner"), ("Alejandro Cordero Rodriguez",
+                                                          "Alejandro Escobedo Rodriguez"),
+                        ("Dionne Warwick", "Dee Dee Warwick"), ("Martin Short", "Martin Sheen"),
+                        ("Kim Kardashian", "the Kardashians"), ("Meg Ryan", "Meghan"),
+                        ("Xin Lee Williams", "Tom Williams"), ("Harry Potter", "Harry Styles")):
+        assert found(name, f"What did {other} do?") == [], (name, other)
+    assert found("Xin Lee Williams", "Who is Xin Le Wiliams", final=False) == []  # the last word may grow

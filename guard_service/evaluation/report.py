@@ -30,20 +30,36 @@ def _fmt(v: float | None) -> str:
 
 
 def plot_bars(result: SuiteResult, path: Path) -> None:
+    """Grouped bars, unguarded vs guarded; with `recall`, a second panel of what the guard caught per group."""
     plt = _plt()
     groups = list(result.bars)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
+    panels = 2 if result.recall else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(max(6, 1.1 * len(groups)), 4 * panels), squeeze=False)
+    ax = axes[0][0]
     width = 0.38
     for k, mode in enumerate(MODES):
         xs = [i + (k - 0.5) * width for i in range(len(groups))]
         values = [result.bars[g].get(mode, 0.0) for g in groups]
         ax.bar(xs, values, width, label=mode, color=COLORS[mode])
         for x, v in zip(xs, values, strict=True):
-            ax.text(x, v, _fmt(v), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(groups)), groups, rotation=15, ha="right", fontsize=8)
-    ax.set_ylabel(result.bars_label)
-    ax.set_title(f"{result.suite}: guard off (admin bypass) vs on, {result.model}")
-    ax.legend()
+            ax.text(x, v, _fmt(v), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(result.bars_label, fontsize=8)
+    ax.set_title(f"{result.suite}: guard off (admin bypass) vs on, {result.model}", fontsize=10)
+    ax.legend(fontsize=8)
+    if result.recall:
+        ax = axes[1][0]
+        names = list(result.recall)
+        values = [result.recall[g] for g in names]
+        ax.bar(range(len(names)), values, 0.6, color="tab:green")
+        for x, v in enumerate(values):
+            ax.text(x, v, _fmt(v), ha="center", va="bottom", fontsize=7)
+        ax.axhline(0.9, color="tab:red", linestyle="--", linewidth=1, label="target 0.90")
+        ax.set_ylim(0, 1.1)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("recall (prompt or output side)", fontsize=8)
+        ax.set_title("share the guard caught", fontsize=10)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -53,7 +69,7 @@ def plot_tradeoff(results: list[SuiteResult], path: Path) -> None:
     """Forget score against retain score: the guard should move points down (forget) and not left (retain)."""
     plt = _plt()
     shown = [r for r in results if r.tradeoff]
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.5 * len(shown), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(shown), figsize=(max(7.0, 4.5 * len(shown)), 4.4), squeeze=False)
     for ax, r in zip(axes[0], shown, strict=True):
         for mode, (retain, forget) in r.tradeoff.items():
             ax.scatter([retain], [forget], s=80, color=COLORS[mode], label=mode)
@@ -68,7 +84,7 @@ def plot_tradeoff(results: list[SuiteResult], path: Path) -> None:
         ax.set_xlim(0, top)
         ax.set_ylim(0, top)
         ax.set_title(r.suite)
-    fig.suptitle("forget vs retain: unguarded -> guarded (down = forgotten, left = utility lost)")
+    fig.suptitle("forget vs retain, unguarded -> guarded\n(down = forgotten, left = utility lost)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -85,8 +101,11 @@ def _markdown(result: SuiteResult) -> list[str]:
                   f"{'yes' if c.met else 'no' if c.met is not None else 'n/a'} |" for c in result.checks]
         lines.append("")
     if result.bars:
-        lines += ["| measure | unguarded | guarded |", "|---|---|---|"]
-        lines += [f"| {g} | {_fmt(v.get('unguarded'))} | {_fmt(v.get('guarded'))} |" for g, v in result.bars.items()]
+        recall = [result.recall.get(g) for g in result.bars] if result.recall else None
+        lines += ["| measure | unguarded | guarded |" + (" recall |" if recall else ""),
+                  "|---|---|---|" + ("---|" if recall else "")]
+        lines += [f"| {g} | {_fmt(v.get('unguarded'))} | {_fmt(v.get('guarded'))} |"
+                  + (f" {_fmt(recall[i])} |" if recall else "") for i, (g, v) in enumerate(result.bars.items())]
         lines.append("")
     if result.bars:
         lines += [f"![{result.suite}]({result.suite}.png)", ""]

@@ -11,6 +11,7 @@ or an `evidence` finding, and the evidence detectors run only for a candidate wi
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -92,11 +93,23 @@ def _windows(text: str, size: int) -> list[str]:
     return [" ".join(words[s:s + size]) for s in starts]
 
 
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
+SENTENCE_MIN_WORDS = 4
+
+
+def _sentences(text: str) -> list[str]:
+    """The sentences of a message of several: a hint or a second question read on its own ("Hint: <what is
+    known about the target>. Question: ...")."""
+    found = [s for m in _SENTENCE.finditer(text) if len((s := m.group().strip()).split()) >= SENTENCE_MIN_WORDS]
+    return found if len(found) > 1 else []
+
+
 def views(segments: list[str], window_words: int = WINDOW_WORDS) -> list[str]:
-    """What the embedder reads for one prompt: every segment (message) on its own, windowed when long, and
-    windows over the whole conversation, which catch a question split across turns. The count is linear in
-    the prompt's length (about 2 * words / window_words + messages), so bounded by the model's context."""
-    out = [w for seg in segments for w in _windows(seg, window_words)]
+    """What the embedder reads for one prompt: every segment (message) on its own, windowed when long, each of
+    its sentences when it has several, and windows over the whole conversation, which catch a question split
+    across turns. The count is linear in the prompt's length (about 2 * words / window_words + sentences +
+    messages), so bounded by the model's context."""
+    out = [w for seg in segments for w in [*_windows(seg, window_words), *_sentences(seg)]]
     if len(segments) > 1:
         out += _windows("\n".join(segments), window_words)
     return list(dict.fromkeys(v for v in out if v))

@@ -2,6 +2,7 @@
 compiler, the API process and the engine worker run whatever is registered, in this order."""
 
 from guard_service.guards.base import GuardComponent
+from guard_service.guards.described import DescribedDetector
 from guard_service.guards.evidence import EvidenceDetector
 from guard_service.guards.leak import LeakDetector
 from guard_service.guards.names import NameDetector
@@ -13,6 +14,7 @@ from guard_service.guards.token_ban import TokenBan
 COMPONENTS: tuple[GuardComponent, ...] = (
     NameDetector(),
     SemanticDetector(),
+    DescribedDetector(),
     EvidenceDetector(),
     TokenBan(),
     SemanticPenalty(),

@@ -114,6 +114,18 @@ def evidence_reason(prompt: PromptText, part: Evidence) -> str | None:
     return f"evidence:{numbers[0]}+{corroborating[0]}" if corroborating else None
 
 
+def names_someone_else(text: PromptText, part: Evidence) -> str | None:
+    """A name of two or more words in `text` that is neither one of the target's names nor inside its evidence
+    ("Rhoda Mbalazi", in a sentence otherwise close to the target's facts): the text is about that person."""
+    _, names = _name_words(part.aliases)
+    known = [tuple(words(p).split()) for p in part.evidence]
+    for run in text.derived("name_runs", _name_runs):
+        if len(run) >= 2 and not any(_same_name(run, n) or _same_name(n, run) for n in names) and not any(
+                _contiguous_in(run, k) for k in known):
+            return " ".join(run)
+    return None
+
+
 class EvidenceDetector(GuardComponent):
     name = "evidence"
     corroborates = True

@@ -3,11 +3,13 @@
 Lexical: any spelling variant of a policy's forbidden strings (the same list the trie was built from),
 case-insensitive, on word boundaries, scanned incrementally as the stream grows. Names are also matched unit by
 unit (letters and digits, whatever separates them: "J K Rowling", "Harry-Potter", "H a r r y"), and truncated
-or bent spellings of a name count as leaks too: most of a single-word name ("Hermion", "Rowle"), or a name's
-first word(s) followed by the start of the next ("J.K.R", "Harry Potts"). Semantic: each generated sentence
+or bent spellings of a name count as leaks too: most of a single-word name ("Hermion", "Rowle"), a name's
+first word(s) followed by the start of the next ("J.K.R", "Harry Potts"), a name of two or more words with typos
+("Xin Le Wiliams", often the question's own misspelling repeated). Semantic: each generated sentence
 (`review`, as the output guard releases held-back text; the rest at `finish`) against the policy's facts
 (operator-given and expanded): a leak when it restates one closely, or fairly closely while naming what the
-target's facts name (the prompt side's evidence rule), and is no closer to the policy's retain examples.
+target's facts name (the prompt side's evidence rule) and no one else ("Rhoda Mbalazi won the ... Literary
+Award for African American literature" is about her), and is no closer to the policy's retain examples.
 
 The scan starts at the prompt's tail: a name begun in the prompt and finished by the output is a leak; one that
 lies wholly in the prompt is not. Every active policy that applies to the request is scanned, matched or not: a
@@ -18,6 +20,7 @@ it. Compiles nothing of its own: it reads forbidden.json and the facts and evide
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -25,8 +28,17 @@ import numpy as np
 
 from guard_service.embedding import embed
 from guard_service.guards.base import GuardComponent, OutputScanner, PromptText
-from guard_service.guards.evidence import Evidence, EvidenceDetector, evidence_reason
-from guard_service.guards.spelling import NameIndex, name_index, name_leaks, units_of
+from guard_service.guards.evidence import Evidence, EvidenceDetector, evidence_reason, names_someone_else
+from guard_service.guards.spelling import (
+    NameIndex,
+    TypoIndex,
+    merge,
+    misspelled,
+    name_index,
+    name_leaks,
+    typo_index,
+    units_of,
+)
 from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.forbidden import is_name, variants
 from guard_service.policy.request import UnlearningRequest
@@ -69,6 +81,7 @@ class Known:
     pattern: re.Pattern[str]  # every forbidden string's spellings (facts' phrases too: reported)
     whole: frozenset[str]  # the casefolded spellings of the target's whole names: acted on
     names: NameIndex  # whole names, for spellings by pieces and truncations (acted on)
+    typos: TypoIndex  # the same, for typos (acted on)
     fact_vectors: np.ndarray  # embedded once at load
     retain_vectors: np.ndarray  # the policy's retain examples: what must stay answerable
     evidence: Evidence
@@ -89,6 +102,12 @@ class Leak:
                 "score": None if self.score is None else round(self.score, 4)}
 
 
+@functools.lru_cache(maxsize=64)
+def _merged(policies: tuple[tuple[str, Known], ...]) -> tuple[NameIndex, TypoIndex]:
+    """The policies' names as one index each, tagged by policy key (built once per set of active policies)."""
+    return merge((key, k.names) for key, k in policies), merge((key, k.typos) for key, k in policies)
+
+
 @dataclass
 class LeakScanner(OutputScanner):
     """One per generated choice. `feed` the growing text; it returns new lexical leaks. `prompt_tail` is the
@@ -105,6 +124,7 @@ class LeakScanner(OutputScanner):
     def __post_init__(self) -> None:
         self.text = self.prompt_tail
         self._scanned = len(self.prompt_tail)
+        self._names, self._typos = _merged(tuple(self.policies))
 
     @property
     def output(self) -> str:
@@ -121,15 +141,19 @@ class LeakScanner(OutputScanner):
         return Leak(key, "lexical", text, rel, act=known.act and (name or text.casefold() in known.whole))
 
     def _scan(self, final: bool) -> list[Leak]:
-        """Every policy over the new text (and a little before it); the text's words are split once for all."""
+        """Every policy over the new text (and a little before it); the text's words are split once, and its
+        names looked up once for all policies."""
         window = max(0, self._scanned - RESCAN_CHARS)
         found: list[Leak] = []
         units = units_of(self.text)
+        spans: dict[str, list[tuple[int, int, bool]]] = {
+            key: [(m.start(), m.end(), False) for m in known.pattern.finditer(self.text, window)
+                  if m.end() > self._scanned or final] for key, known in self.policies}
+        for start, end, key in (name_leaks(self.text, self._names, window, final, units)
+                                + misspelled(self.text, self._typos, window, final, units)):
+            spans[key].append((start, end, True))
         for key, known in self.policies:
-            spans = [(m.start(), m.end(), False) for m in known.pattern.finditer(self.text, window)
-                     if m.end() > self._scanned or final]
-            spans += [(a, b, True) for a, b in name_leaks(self.text, known.names, window, final, units)]
-            for start, end, name in sorted(spans):
+            for start, end, name in sorted(spans[key]):
                 leak = self._found(key, known, start, end, name)
                 if leak is not None:
                     found.append(leak)
@@ -162,7 +186,9 @@ class LeakScanner(OutputScanner):
             for (at, sentence), score, near_retain in zip(spans, sims.tolist(), kept.tolist(), strict=True):
                 if score < FACT_EVIDENCE_SIM or score <= near_retain:
                     continue
-                if score >= FACT_MIN_SIM or evidence_reason(PromptText(sentence, vectors[:0]), known.evidence):
+                text = PromptText(sentence, vectors[:0])
+                if score >= FACT_MIN_SIM or (evidence_reason(text, known.evidence)
+                                             and not names_someone_else(text, known.evidence)):
                     found.append(Leak(key, "semantic", sentence, at, score, act=known.act))
         self.leaks.extend(found)
         return found
@@ -189,7 +215,8 @@ class LeakDetector(GuardComponent):
     def load(self, artifact: PolicyArtifact, spec: UnlearningRequest) -> Known:
         forbidden = artifact.forbidden
         whole = frozenset(v.casefold() for item in forbidden.items if is_name(item) for v in variants(item.text))
-        return Known(leak_pattern(forbidden.variants), whole, name_index(forbidden.items, whole_only=True),
+        names = name_index(forbidden.items, whole_only=True)
+        return Known(leak_pattern(forbidden.variants), whole, names, typo_index(names),
                      embed(list(artifact.classifier.facts)), embed(list(spec.retain_examples)),
                      EvidenceDetector().load(artifact, spec), spec.on_leak == "act")
 

@@ -1,7 +1,8 @@
 """Name detector (prompt phase, `match`): the target or one of its names in the prompt, written exactly, spelled
-out ("H a r r y"), with character swaps ("H4rry"), with a typo, or cut short / in pieces ("J.K. R", "Harry Pot",
-"Hermi"). Reads the names the semantic component wrote into classifier.json and the whole names of
-forbidden.json; compiles nothing of its own."""
+out ("H a r r y"), with character swaps ("H4rry"), with a typo, cut short / in pieces ("J.K. R", "Harry Pot",
+"Hermi"), or with typos in every word of a longer name ("Xin Le Wiliams": `spelling.misspelled`). Reads the
+names the semantic component wrote into classifier.json and the whole names of forbidden.json; compiles nothing
+of its own."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ from dataclasses import dataclass
 from rapidfuzz import fuzz
 
 from guard_service.guards.base import Finding, GuardComponent, Level, PromptText
-from guard_service.guards.spelling import NameIndex, name_index, name_leaks, squash, units_of, words
+from guard_service.guards.spelling import (
+    NameIndex,
+    TypoIndex,
+    misspelled,
+    name_index,
+    name_leaks,
+    squash,
+    typo_index,
+    units_of,
+    words,
+)
 from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.request import UnlearningRequest
 
@@ -24,6 +35,7 @@ FUZZY_MIN_SCORE = 88
 class Names:
     aliases: tuple[str, ...]
     whole: NameIndex  # whole names only: one word of a name alone is a namesake's as often as the target's
+    typos: TypoIndex  # the same, for typos
 
 
 def _swapped(raw: str) -> str:
@@ -55,12 +67,15 @@ class NameDetector(GuardComponent):
     name = "names"
 
     def load(self, artifact: PolicyArtifact, spec: UnlearningRequest) -> Names:
-        return Names(tuple(artifact.classifier.aliases), name_index(artifact.forbidden.items, whole_only=True))
+        whole = name_index(artifact.forbidden.items, whole_only=True)
+        return Names(tuple(artifact.classifier.aliases), whole, typo_index(whole))
 
     def scan(self, part: Names, prompt: PromptText) -> Finding | None:
         reason = lexical_reason(prompt, part.aliases)
         if reason is None:
-            spans = name_leaks(prompt.raw, part.whole, 0, True, prompt.derived("units", units_of))
-            if spans:
+            units = prompt.derived("units", units_of)
+            if spans := name_leaks(prompt.raw, part.whole, 0, True, units):
                 reason = f"alias-partial:{prompt.raw[spans[0][0]:spans[0][1]]}"
+            elif spans := misspelled(prompt.raw, part.typos, 0, True, units):
+                reason = f"alias-misspelled:{prompt.raw[spans[0][0]:spans[0][1]]}"
         return Finding(Level.match, reason) if reason else None

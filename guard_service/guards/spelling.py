@@ -1,5 +1,6 @@
 """Names spelled any way: word by word or letter by letter, whatever separates them ("J K Rowling", "Harry-Potter",
-"H a r r y"), and truncated or bent ("Hermion", "J.K.R", "J.K. Row", "Harry Potts").
+"H a r r y"), truncated or bent ("Hermion", "J.K.R", "J.K. Row", "Harry Potts"), and misspelled ("Xin Le Wiliams",
+"Basil Mahfuz Al-Kuwaiiti": `misspelled`).
 
 The output leak detector uses it on generated text (every name of a policy, its distinctive words included);
 the name detector on prompts (whole names only: one word of a name alone is a namesake's as often as the
@@ -9,10 +10,15 @@ detectors compare in (`words`, `squash`).
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
+
+from rapidfuzz.distance import OSA
 
 from guard_service.policy.artifacts import ForbiddenItem
 from guard_service.policy.forbidden import NAME_ORIGINS
@@ -25,6 +31,11 @@ _SEPARATOR = re.compile(r"[\s.\-'’·]{1,3}")  # what may stand between the wor
 class _Name:
     squashed: str  # casefolded letters and digits
     bounds: tuple[int, ...]  # end offset of each of its words in `squashed`
+    tag: str = ""  # whose name it is, where one index holds several policies' names (`merge`)
+
+    @property
+    def words(self) -> list[str]:
+        return [self.squashed[a:b] for a, b in zip((0, *self.bounds), self.bounds, strict=False)]
 
 
 def squash(text: str) -> str:
@@ -56,6 +67,19 @@ def name_index(items: Iterable[ForbiddenItem], whole_only: bool = False) -> Name
         bounds = tuple(sum(len(u) for u in units[:i + 1]) for i in range(len(units)))
         out.setdefault(squashed[0], []).append(_Name(squashed, bounds))
     return {k: tuple(v) for k, v in out.items()}
+
+
+def merge(indexes: Iterable[tuple[str, dict[Any, tuple[_Name, ...]]]]) -> dict[Any, tuple[_Name, ...]]:
+    """Several policies' indexes (a `NameIndex` or a `TypoIndex` each) as one, each name tagged with its
+    policy: a scan then reads the text once for all of them, not once per policy."""
+    out: dict[Any, list[_Name]] = {}
+    for tag, index in indexes:
+        for key, names in index.items():
+            out.setdefault(key, []).extend(dataclasses.replace(n, tag=tag) for n in names)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+Span = tuple[int, int, str]  # start, end, the tag of the name found there
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -110,21 +134,112 @@ def _walk(text: str, units: list[Unit], i: int, name: _Name, final: bool) -> int
 Unit = tuple[str, int, int]  # casefolded word, start, end
 
 
+def _first_at(units: list[Unit], start_at: int) -> int:
+    """The first unit that begins at or after `start_at` (a stream's scan only reads its new words)."""
+    return bisect.bisect_left(units, start_at, key=lambda u: u[1])
+
+
 def units_of(text: str) -> list[Unit]:
     return [(m.group().casefold(), m.start(), m.end()) for m in _UNIT.finditer(text)]
 
 
-def name_leaks(text: str, index: dict[str, tuple[_Name, ...]], start_at: int, final: bool,
-               units: list[Unit] | None = None) -> list[tuple[int, int]]:
-    """(start, end) of names spelled word by word (or letter by letter) in `text`, in words that begin at or
-    after `start_at`. Unless `final`, a match whose last word ends the text (and may still grow) waits.
+def _spans(units: list[Unit], start_at: int, candidates: Callable[[int], Iterable[_Name]],
+           end_of: Callable[[int, _Name], int | None]) -> list[Span]:
+    """For each unit from `start_at` on, the longest match of each tag's candidate names that starts there
+    (`end_of`: its end, or None); a tag's match hides its later matches inside it."""
+    found: list[Span] = []
+    last: dict[str, int] = {}
+    for i in range(_first_at(units, start_at), len(units)):
+        start = units[i][1]
+        ends: dict[str, int] = {}
+        for name in candidates(i):
+            if start >= last.get(name.tag, -1) and (e := end_of(i, name)) is not None:
+                ends[name.tag] = max(e, ends.get(name.tag, e))
+        for tag, end in ends.items():
+            found.append((start, end, tag))
+            last[tag] = end
+    return found
+
+
+def name_leaks(text: str, index: NameIndex, start_at: int, final: bool,
+               units: list[Unit] | None = None) -> list[Span]:
+    """(start, end, tag) of names spelled word by word (or letter by letter) in `text`, in words that begin
+    at or after `start_at`. Unless `final`, a match whose last word ends the text (and may still grow) waits.
     `units`: `units_of(text)`, when the caller already has them."""
     units = units_of(text) if units is None else units
-    found: list[tuple[int, int]] = []
-    for i, (first, start, _) in enumerate(units):
-        if start < start_at or (found and start < found[-1][1]):
-            continue
-        ends = [e for name in index.get(first[0], ()) if (e := _walk(text, units, i, name, final)) is not None]
-        if ends:
-            found.append((start, max(ends)))
-    return found
+    return _spans(units, start_at, lambda i: index.get(units[i][0][0], ()),
+                  lambda i, name: _walk(text, units, i, name, final))
+
+
+def _typos(letters: int) -> int:
+    """Edits a typist makes in a word of this many letters: none in initials and two-letter words, one up to
+    five letters, two up to eight, three beyond."""
+    return 0 if letters <= 2 else 1 if letters <= 5 else 2 if letters <= 8 else 3
+
+
+def _joined(text: str, units: list[Unit], i: int, n: int) -> bool:
+    """Whether units i..i+n-1 exist and stand together as one name (only name separators between them)."""
+    return i + n <= len(units) and all(_SEPARATOR.fullmatch(text[units[j - 1][2]:units[j][1]])
+                                       for j in range(i + 1, i + n))
+
+
+TypoIndex = dict[tuple[int, str], tuple[_Name, ...]]
+
+
+def typo_index(index: NameIndex) -> TypoIndex:
+    """A policy's whole names of two or more words by the first letter of their first and of their second word
+    (a typo may change one of them, not both). Build once per policy version."""
+    out: dict[tuple[int, str], list[_Name]] = {}
+    for name in (n for names in index.values() for n in names):
+        parts = name.words
+        if len(parts) >= 2:
+            for k in (0, 1):
+                out.setdefault((k, parts[k][0]), []).append(name)
+    return {key: tuple(v) for key, v in out.items()}
+
+
+def _misspells(text: str, units: list[Unit], i: int, name: _Name) -> int:
+    """How many units from unit i spell `name` with typos (0: none). Word by word, each word within its own
+    typo budget and at most one word's first letter changed (namesakes differ there: "Kris" / "Kylie"
+    Jenner); or, where a typo moved a word boundary ("Al-KKuuwaii", "BenDavid"), the joined letters within a
+    fifth of the name's length (at most 3 edits: not a whole word swapped, "Alejandro Cordero / Escobedo
+    Rodriguez"). Calibrated on TOFU and RWKU names (`bench/name_typos.py`): other authors, neighbours and
+    other targets stay unmatched."""
+    parts = name.words
+    k = len(parts)
+    first, budget0 = units[i][0], _typos(len(parts[0]))
+    if OSA.distance(first, parts[0], score_cutoff=budget0) > budget0 and not first.startswith(parts[0][:3]):
+        return 0  # both ways below start with the first word close to the name's: the common case, one distance
+    if _joined(text, units, i, k):
+        window = [u for u, _, _ in units[i:i + k]]
+        edits = [OSA.distance(u, p, score_cutoff=_typos(len(p))) for u, p in zip(window, parts, strict=True)]
+        if (all(d <= _typos(len(p)) for d, p in zip(edits, parts, strict=True))
+                and sum(u[0] != p[0] for u, p in zip(window, parts, strict=True)) <= 1
+                and sum(edits) <= math.ceil(0.3 * len(name.squashed))):
+            return k
+    budget = min(sum(_typos(len(p)) for p in parts), len(name.squashed) // 5, 3)
+    for n in ((k - 1, k, k + 1) if k >= 3 else (k, k + 1)):
+        if _joined(text, units, i, n):
+            joined = "".join(u for u, _, _ in units[i:i + n])
+            if OSA.distance(joined, name.squashed, score_cutoff=budget) <= budget:
+                return n
+    return 0
+
+
+def misspelled(text: str, index: TypoIndex, start_at: int, final: bool,
+               units: list[Unit] | None = None) -> list[Span]:
+    """(start, end, tag) of whole names of two or more words written with typos (one word of a name alone is
+    too often another word: "Rowling" / "rolling"), in words that begin at or after `start_at`; exact
+    spellings are `name_leaks`'. Unless `final`, a match whose last word ends the text (and may still grow)
+    waits."""
+    units = units_of(text) if units is None else units
+
+    def candidates(i: int) -> Iterable[_Name]:
+        second = units[i + 1][0][0] if i + 1 < len(units) else ""
+        return dict.fromkeys(index.get((0, units[i][0][0]), ()) + index.get((1, second), ()))
+
+    def end_of(i: int, name: _Name) -> int | None:
+        n = _misspells(text, units, i, name)
+        return units[i + n - 1][2] if n and (final or units[i + n - 1][2] < len(text)) else None
+
+    return _spans(units, start_at if index else len(text) + 1, candidates, end_of)

@@ -38,6 +38,8 @@ class SuiteResult(BaseModel):
     # group -> mode -> value: drawn as grouped bars, written as a markdown table
     bars: dict[str, dict[str, float]] = Field(default_factory=dict)
     bars_label: str = ""
+    # group -> share of its prompts the guard caught (prompt matched or output acted on): drawn beside the bars
+    recall: dict[str, float] = Field(default_factory=dict)
     # mode -> (retain score, forget score): the forget/utility trade-off plot
     tradeoff: dict[str, tuple[float, float]] = Field(default_factory=dict)
     examples: list[dict[str, Any]] = Field(default_factory=list)

@@ -115,6 +115,8 @@ class TofuSuite(Suite):
             checks=checks,
             bars={**{f"ROUGE-L {label}": rouge[label] for label in sets},
                   **{f"ROUGE-L attack: {kind}": by for kind, by in attack_rouge.items()}},
+            recall={**{f"ROUGE-L {label}": caught[label] for label in forgets},
+                    **{f"ROUGE-L attack: {kind}": v for kind, v in attack_caught.items()}},
             tradeoff={mode: (rouge["retain"][mode], rouge["forget"][mode]) for mode in MODES},
             examples=examples, seconds=time.monotonic() - began,
             notes=[f"{len(authors)} forget05 authors as `{self.action}` entity policies; {len(forget)} forget "

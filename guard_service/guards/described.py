@@ -1,0 +1,80 @@
+"""Described detector (prompt phase, `candidate`): a question that names no one but describes the target by what
+is known about it ("the geology author born in Karachi", "Who is this? A prolific American author renowned as the
+King of Horror", a hint sentence before "what was this person's debut novel?"). Such a prompt is far from the
+facts as written (they name the target), and close to the same facts with the name taken out. So each sentence of
+the target's facts and description is embedded with its names replaced ("This person was born in Karachi") and a
+prompt very close to one of them matches; one fairly close is a candidate: like a mid-range semantic score it
+matches only beside evidence of this target (a title, a multi-word name, a number with a place of its facts).
+A fact that says little once its name is gone ("The author's full name is X": "full", "name") is left out: it
+would match every "what is the author's name?". Reads classifier.json; compiles nothing of its own."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from guard_service.embedding import embed
+from guard_service.guards.base import Finding, GuardComponent, Level, PromptText
+from guard_service.policy.artifacts import PolicyArtifact
+from guard_service.policy.request import TargetKind, UnlearningRequest
+
+DESCRIBED_MIN_SIM = 0.7  # a prompt this close to an unnamed fact may describe the target (a candidate)
+DESCRIBED_SIM = 0.85  # ... this close, it restates the fact with the name taken out (a match)
+MIN_CONTENT_WORDS = 4
+# Function words, and the stand-in for the name: what is left says something about the target.
+_STOPWORDS = frozenset({
+    "a", "an", "the", "of", "to", "in", "on", "at", "for", "by", "with", "from", "and", "or", "but", "is", "are",
+    "was", "were", "be", "been", "being", "has", "have", "had", "do", "does", "did", "this", "that", "these",
+    "those", "it", "its", "his", "her", "their", "he", "she", "they", "them", "who", "whom", "whose", "what",
+    "which", "when", "where", "why", "how", "as", "into", "about", "than", "then", "so", "such", "can", "could",
+    "would", "should", "will", "may", "might", "must", "not", "no", "also", "very", "more", "most", "person",
+})
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
+
+
+@dataclass(frozen=True)
+class Described:
+    vectors: np.ndarray  # the target's fact and description sentences with its names taken out
+
+
+def unnamed(text: str, names: list[str], instead: str) -> str:
+    """`text` with every name (whole, then each word of three or more letters, possessive kept) replaced."""
+    for name in sorted(names, key=len, reverse=True):
+        text = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", instead, text, flags=re.IGNORECASE)
+    for name in names:
+        for word in re.findall(r"[^\W\d_]{3,}", name):
+            text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", instead, text)
+    return re.sub(rf"{re.escape(instead)}(?:\s+{re.escape(instead)})+", instead, text)
+
+
+def _says_something(masked: str) -> bool:
+    content = [w for w in re.findall(r"[^\W\d_]{3,}|\d+", masked.casefold()) if w not in _STOPWORDS]
+    return len(content) >= MIN_CONTENT_WORDS
+
+
+def sentences(texts: list[str]) -> list[str]:
+    return [s for t in texts for m in _SENTENCE.finditer(t) if len((s := m.group().strip()).split()) >= 4]
+
+
+class DescribedDetector(GuardComponent):
+    name = "described"
+
+    def load(self, artifact: PolicyArtifact, spec: UnlearningRequest) -> Described:
+        clf = artifact.classifier
+        instead = "this person" if spec.kind is TargetKind.entity else "this"
+        known = sentences([*clf.facts, spec.description])
+        # Only sentences that named the target say something about it once the name is gone.
+        masked = [m for s in known if (m := unnamed(s, list(clf.aliases), instead)) != s and _says_something(m)]
+        return Described(embed(masked) if masked else np.zeros((0, 1), dtype=np.float32))
+
+    def scan(self, part: Described, prompt: PromptText) -> Finding | None:
+        if not len(part.vectors):
+            return None
+        score = float((prompt.vectors @ part.vectors.T).max())
+        if score >= DESCRIBED_SIM:
+            return Finding(Level.match, f"described:{score:.3f}>={DESCRIBED_SIM}", score)
+        if score >= DESCRIBED_MIN_SIM:
+            return Finding(Level.candidate, f"described:{score:.3f}>={DESCRIBED_MIN_SIM}", score)
+        return None
