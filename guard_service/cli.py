@@ -98,7 +98,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     try:
         spec = UnlearningRequest(target=args.target, kind=args.kind, aliases=args.alias, facts=args.fact,
                                  description=args.description, example_prompts=args.example,
-                                 protected_paths=args.protected_path, action=args.action,
+                                 protected_paths=args.protected_path, action=args.action, mode=args.mode,
                                  requested_by=args.requested_by or getpass.getuser(), reason=args.reason)
         request_id = submit(store, settings, spec, f"cli:{getpass.getuser()}")
     except (ValidationError, ServiceError) as exc:
@@ -114,6 +114,7 @@ def cmd_policies_list(args: argparse.Namespace) -> int:
     print(f"{'id':18} {'status':10} {'active':>6} {'latest':>6}  target")
     for r in rows:
         print(f"{r.id:18} {r.status.value:10} {r.active_version or '-':>6} {r.latest_version:>6}  {r.target}"
+              + ("  [shadow]" if r.spec.get("mode") == "shadow" else "")
               + (f"  ({r.last_error})" if r.last_error else ""))
     return 0
 
@@ -210,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     forget.add_argument("--description", default="")
     forget.add_argument("--protected-path", action="append", default=[], help="file or folder under indexes/")
     forget.add_argument("--action", default="steer", choices=["steer", "refuse"])
+    forget.add_argument("--mode", default="enforce", choices=["enforce", "shadow"],
+                        help="shadow: scored and counted on live traffic, enforced nowhere (PATCH mode=enforce)")
     forget.add_argument("--requested-by")
     forget.add_argument("--reason", default="")
     policies = sub.add_parser("policies", help="inspect policies")

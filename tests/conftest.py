@@ -148,3 +148,13 @@ def tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)
+
+
+def audit_until(admin: httpx.Client, actions: set[str], timeout: float = 10) -> list[dict]:
+    """The audit log once it holds each of `actions` (rows are written in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = admin.get("/audit", params={"limit": 500}).json()
+        if actions <= {a["action"] for a in rows} or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, wait_status
+from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, audit_until, wait_status
 
 BYPASS = {"x-guard-bypass": ADMIN_TOKEN}
 DETAIL = {"x-guard-detail": ADMIN_TOKEN}
@@ -207,16 +206,6 @@ def test_metrics_name_policies_by_id_only(hp: dict, server: Server) -> None:
     assert f'policy="{hp["id"]}"' in text
     assert not [s for s in SECRETS if s in text.casefold()], [ln for ln in text.splitlines()
                                                             if any(s in ln.casefold() for s in SECRETS)]
-
-
-def audit_until(admin: httpx.Client, actions: set[str], timeout: float = 10) -> list[dict]:
-    """The audit log once it holds each of `actions` (rows are written in the background)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = admin.get("/audit", params={"limit": 500}).json()
-        if actions <= {a["action"] for a in rows} or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
 
 
 def test_refusals_and_bypass_attempts_are_audited(hp: dict, server: Server, admin: httpx.Client) -> None:

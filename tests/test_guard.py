@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, wait_status
+from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, audit_until, wait_status
 
 DATA = json.loads((Path(__file__).parent / "data" / "hp_probes.json").read_text())
 FORBIDDEN = ("rowling", "hogwarts", "hermione")
@@ -213,5 +213,62 @@ def test_who_a_question_is_about(admin: httpx.Client, client: openai.OpenAI) -> 
         assert action("Who is a famous Canadian hockey player?") == "pass"
         assert action("Where was Justin Timberlake born and raised?") == "pass"
         assert action("Which band did Justin Timberlake sing in?") == "pass"
+    finally:
+        admin.delete(f"/unlearning-requests/{request_id}")
+
+
+def shadow_count(server: Server, policy_id: str) -> float:
+    """guard_shadow_total for one policy's would-have refusals of prompts, from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(httpx.get(server.base_url + "/metrics").text)
+    return sum(s.value for f in families for s in f.samples
+               if s.name == "guard_shadow_total" and s.labels == {"policy": policy_id, "would": "refuse",
+                                                                  "side": "prompt"})
+
+
+def test_a_shadow_policy_is_scored_counted_and_audited_but_enforces_nothing(
+        admin: httpx.Client, client: openai.OpenAI, server: Server) -> None:
+    """`mode: shadow`: the classifier matches it and the output side scans it, /metrics and the audit log say
+    what it would have done, the answer is the unguarded one and a plain client learns nothing; PATCH
+    mode=enforce promotes it."""
+    question = "Who designed the Eiffel Tower, and when was it built?"
+    unguarded = ask(client, question, max_tokens=32, extra_headers=BYPASS)
+    r = admin.post("/unlearning-requests", json={
+        "target": "Eiffel Tower", "kind": "entity", "action": "refuse", "mode": "shadow",
+        "facts": ["The Eiffel Tower was designed by Gustave Eiffel's company and built from 1887 to 1889."],
+        "strength": {"expand_knowledge": False}})
+    assert r.status_code == 202, r.text
+    request_id = r.json()["id"]
+    try:
+        body = wait_status(admin, request_id, "active")
+        assert body["spec"]["mode"] == "shadow"
+        policy = f"{request_id}@{body['active_version']}"
+        before = shadow_count(server, request_id)
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL_NAME, max_tokens=32, temperature=0, messages=[{"role": "user", "content": question}])
+        assert raw.headers["x-guard-action"] == "pass" and raw.headers["x-guard-policies"] == ""
+        reply = raw.parse()
+        assert reply.choices[0].message.content == unguarded
+        assert reply.choices[0].finish_reason != "content_filter"
+        assert request_id not in json.dumps(reply.model_extra.get("guard"))  # a plain client learns nothing
+        detail = client.chat.completions.create(
+            model=MODEL_NAME, max_tokens=32, temperature=0, messages=[{"role": "user", "content": question}],
+            extra_headers={"x-guard-detail": ADMIN_TOKEN}).model_extra["guard"]
+        assert {"policy": policy, "would": "refuse", "side": "prompt"} in detail["shadow"]
+        assert detail["action"] == "pass" and detail["matches"] == []
+        assert before == 0 and shadow_count(server, request_id) >= 2
+        rows = audit_until(admin, {"shadow-decision"})
+        assert any(a["action"] == "shadow-decision" and a["detail"]["policies"] == [policy]
+                   and a["detail"]["would"] == "refuse" for a in rows)
+
+        assert admin.patch(f"/unlearning-requests/{request_id}", json={"mode": "enforce"}).status_code == 202
+        wait_status(admin, request_id, "active", version=body["active_version"] + 1)
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL_NAME, max_tokens=32, temperature=0, messages=[{"role": "user", "content": question}])
+        assert raw.headers["x-guard-action"] == "refuse"
+        assert raw.parse().choices[0].finish_reason == "content_filter"
+        audit = admin.get("/audit", params={"request_id": request_id}).json()
+        assert any(a["action"] == "patch" for a in audit)
     finally:
         admin.delete(f"/unlearning-requests/{request_id}")

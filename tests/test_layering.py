@@ -66,3 +66,17 @@ def test_no_import_cycles_between_packages() -> None:
 @pytest.mark.parametrize("package", ["guards", "frontend", "worker", "compiler", "store", "policy"])
 def test_the_layers_exist(package: str) -> None:
     assert (PACKAGE / package / "__init__.py").is_file()
+
+
+def test_the_command_line_imports_no_metrics_before_serve_prepares_them() -> None:
+    """prometheus_client picks its multiprocess mode when first imported: `serve` sets the shared directory
+    first, so parsing the command line (every subcommand's parser, the eval suites included) must not import
+    it, or the API process's own counters never reach /metrics."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from guard_service import cli, config; import guard_service.metrics.multiprocess as mp\n"
+            "mp.prepare = lambda *a: sys.exit(3 if 'prometheus_client' in sys.modules else 0)\n"
+            "cli.main(['serve', '--port', '1'])")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"prometheus_client was imported before multiprocess.prepare(): {run.stderr[-2000:]}"

@@ -40,7 +40,8 @@ def dashboard_exprs() -> list[str]:
 
 
 def traffic(client: openai.OpenAI, admin: httpx.Client) -> dict[str, str]:
-    """One refusal, one steered answer, one unguarded leak, one copy attempt the provenance veto stops."""
+    """One refusal, one steered answer, one unguarded leak, one copy attempt the provenance veto stops, one
+    prompt a shadow-mode policy would have refused."""
     hp = admin.post("/unlearning-requests", json={
         "target": "Harry Potter", "aliases": ["J.K. Rowling", "Hogwarts"],
         "strength": {"expand_knowledge": False, "refuse_threshold": 0.99}}).json()["id"]
@@ -50,8 +51,12 @@ def traffic(client: openai.OpenAI, admin: httpx.Client) -> dict[str, str]:
     doc = admin.post("/unlearning-requests", json={
         "target": "Train crash report", "kind": "document", "protected_documents": [text],
         "strength": {"expand_knowledge": False}}).json()["id"]
+    shadow = admin.post("/unlearning-requests", json={
+        "target": "Eiffel Tower", "action": "refuse", "mode": "shadow",
+        "strength": {"expand_knowledge": False}}).json()["id"]
     wait_status(admin, hp, "active")
     wait_status(admin, doc, "active")
+    wait_status(admin, shadow, "active")
 
     def chat(prompt: str, headers: dict | None = None) -> None:
         client.chat.completions.create(model=MODEL_NAME, temperature=0, max_tokens=40, extra_headers=headers or {},
@@ -62,7 +67,8 @@ def traffic(client: openai.OpenAI, admin: httpx.Client) -> dict[str, str]:
     chat("Who wrote Harry Potter?", BYPASS)  # unguarded: the leak detector counts "Rowling"
     chat(f"Repeat the following text word for word.\n\n{text}")  # provenance veto
     chat("What is the capital of France?")
-    return {"hp": hp, "doc": doc}
+    chat("How tall is the Eiffel Tower?")  # passes: the shadow policy only counts it
+    return {"hp": hp, "doc": doc, "shadow": shadow}
 
 
 def test_counters_move_with_traffic(server: Server, client: openai.OpenAI, admin: httpx.Client) -> None:
@@ -82,6 +88,8 @@ def test_counters_move_with_traffic(server: Server, client: openai.OpenAI, admin
         # counted inside vLLM's worker process, aggregated by /metrics of the API process:
         assert delta("guard_tokens_penalized_total", policy=ids["hp"], kind="semantic") >= 1
         assert delta("guard_provenance_vetoes_total", policy=ids["doc"]) >= 1
+        assert delta("guard_shadow_total", policy=ids["shadow"], would="refuse", side="prompt") >= 1
+        assert delta("guard_policy_matches_total", policy=ids["shadow"]) == 0
         assert delta("guard_policy_load_duration_seconds_count") >= 1
         assert delta("guard_compile_duration_seconds_count", stage="total") >= 2
         assert total(after, "guard_active_policies") >= 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import re
 
-from guard_service.guards.described import unnamed
+from guard_service.policy.forbidden import unnamed
 
 # Neighbouring keys on a QWERTY keyboard: the substitutions a typist makes.
 _NEIGHBOURS = dict(zip("abcdefghijklmnopqrstuvwxyz", [

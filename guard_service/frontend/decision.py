@@ -31,6 +31,12 @@ class GuardDecision:
     classifier_ms: float = 0.0
     bypassed_by: str | None = None
     failed_closed: list[FailedPolicy] = field(default_factory=list)  # applicable policies that cannot load
+    shadow: list[Match] = field(default_factory=list)  # shadow-mode policies that matched: not enforced
+
+    @property
+    def shadow_verdict(self) -> Verdict:
+        """What the shadow-mode matches would have done to this prompt."""
+        return _verdict(self.shadow)
 
     @property
     def keys(self) -> list[str]:
@@ -60,15 +66,23 @@ class GuardDecision:
             matches=[MatchInfo(policy=m.policy.key, target=m.policy.spec.target, score=round(m.score, 4),
                                reasons=m.reasons) for m in self.matches],
             failed_closed_policies=[FailedInfo(policy=f.key, error=f.error) for f in self.failed_closed],
-            scores=self.scores, classifier_ms=round(self.classifier_ms, 2), bypassed_by=self.bypassed_by)
+            scores=self.scores, classifier_ms=round(self.classifier_ms, 2), bypassed_by=self.bypassed_by,
+            shadow=[MatchInfo(policy=m.policy.key, target=m.policy.spec.target, score=round(m.score, 4),
+                              reasons=m.reasons) for m in self.shadow])
+
+
+def _verdict(matches: list[Match]) -> Verdict:
+    if not matches:
+        return Verdict.passed
+    refuse = any(m.policy.action is Action.refuse or m.score >= m.policy.refuse_threshold for m in matches)
+    return Verdict.refuse if refuse else Verdict.steer
 
 
 def decide(result: Classification) -> GuardDecision:
-    if not result.matches:
-        return GuardDecision(Verdict.passed, [], result.scores, result.elapsed_ms)
-    refuse = any(m.policy.action is Action.refuse or m.score >= m.policy.refuse_threshold for m in result.matches)
-    return GuardDecision(Verdict.refuse if refuse else Verdict.steer, result.matches, result.scores,
-                         result.elapsed_ms)
+    """The enforced policies' matches decide; a shadow-mode policy's match is only recorded (`shadow`)."""
+    enforced = [m for m in result.matches if not m.policy.shadow]
+    return GuardDecision(_verdict(enforced), enforced, result.scores, result.elapsed_ms,
+                         shadow=[m for m in result.matches if m.policy.shadow])
 
 
 def fail_closed(failed: list[FailedPolicy]) -> GuardDecision:

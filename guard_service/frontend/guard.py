@@ -67,8 +67,10 @@ class Guard:
         self.audit.record(actor, f"{surface}-refused", detail=subject)
 
     def applicable(self, model: str, tenant: str | None) -> tuple[list[ActivePolicy], list[FailedPolicy]]:
+        """The active policies that apply (shadow-mode ones included: scored, not enforced) and the enforced ones
+        this process cannot load (they refuse what they apply to)."""
         return ([p for p in self.registry.active() if p.applies_to(model, tenant)],
-                [f for f in self.registry.failed_closed() if f.applies_to(model, tenant)])
+                [f for f in self.registry.failed_closed() if f.applies_to(model, tenant) and not f.shadow])
 
     async def check(self, prompts: list[list[str]], policies: list[ActivePolicy], failed: list[FailedPolicy],
                     access: Access) -> list[GuardDecision]:
@@ -88,3 +90,14 @@ class Guard:
                 self.audit.record(tenant or "anonymous", "guard-decision",
                                   detail={"endpoint": endpoint, "prompt": i, "reason": d.reason,
                                           **d.detail().model_dump(mode="json")})
+            if d.shadow:
+                self.audit.record(tenant or "anonymous", "shadow-decision",
+                                  detail={"endpoint": endpoint, "prompt": i, "would": d.shadow_verdict.value,
+                                          "policies": [m.policy.key for m in d.shadow],
+                                          "matches": [m.model_dump() for m in d.detail().shadow]})
+
+    def audit_shadow_output(self, actions: list[tuple[str, str]], tenant: str | None, endpoint: str) -> None:
+        """Leaks in the output that shadow-mode policies would have acted on: (policy key, would)."""
+        if actions:
+            self.audit.record(tenant or "anonymous", "shadow-output",
+                              detail={"endpoint": endpoint, "would": [{"policy": k, "would": w} for k, w in actions]})

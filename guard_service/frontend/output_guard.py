@@ -21,7 +21,7 @@ from typing import Any
 
 from guard_service.frontend.decision import REFUSAL, GuardDecision, Verdict
 from guard_service.frontend.registry import ActivePolicy
-from guard_service.frontend.summary import GuardSummary, LeakInfo
+from guard_service.frontend.summary import GuardSummary, LeakInfo, ShadowInfo
 from guard_service.guards import COMPONENTS
 from guard_service.guards.base import GuardComponent, OutputScanner
 from guard_service.policy.request import Action
@@ -76,7 +76,7 @@ class OutputGuard:
         bypassed = any(d.bypassed_by is not None for d in self.decisions)
         # Whether any policy acts on leaks: output is then held back and judged before release (and the engine
         # must stream deltas).
-        self.holds = not bypassed and any(p.spec.on_leak == "act" for p in self.scanned)
+        self.holds = not bypassed and any(p.spec.on_leak == "act" and not p.shadow for p in self.scanned)
 
     def _scanners(self, tail: str) -> list[OutputScanner]:
         parts = [(p.key, p) for p in self.scanned]
@@ -205,12 +205,26 @@ class OutputGuard:
             classifier_ms=max(d.classifier_ms for d in decisions), bypassed_by=decisions[0].bypassed_by,
             leaks=leaks, blocked=self.blocked(), steered=self.steered(),
             failed_closed=sum(c.failed_closed for c in self.choices.values()),
+            shadow=[ShadowInfo(policy=m.policy.key, would=d.shadow_verdict.value, side="prompt")
+                    for d in self.decisions for m in d.shadow] + self.shadow_actions(),
             prompts=decisions if len(decisions) > 1 else None)
 
     def action(self) -> Verdict:
         """The request's action: the most severe of its prompts' decisions and of what the output guard did."""
         done = [Verdict.steer] * bool(self.steered()) + [Verdict.refuse] * bool(self.blocked())
         return aggregate(self.decisions, done)
+
+    def shadow_actions(self) -> list[ShadowInfo]:
+        """What shadow-mode policies would have done at the leaks they found (call `finish` first): each such
+        policy once per choice, by its action."""
+        out = {}
+        for c in self.choices.values():
+            for lk in c.found:
+                policy = self._policies.get(lk.policy)
+                if getattr(lk, "would", False) and policy is not None and policy.shadow:
+                    out[(lk.policy, id(c))] = ShadowInfo(policy=lk.policy, would="refuse" if policy.action is
+                                                         Action.refuse else "steer", side="output")
+        return list(out.values())
 
     def blocked(self) -> list[int]:
         """Choices ended at a leak."""

@@ -36,6 +36,8 @@ def outcome(summary: GuardSummary, output_tokens: int) -> None:
         m.OUTPUT_ACTIONS.labels("steer").inc(len(summary.steered))
     if summary.failed_closed:
         m.REFUSALS.labels("failed_closed").inc(summary.failed_closed)
+    for s in summary.shadow:
+        m.SHADOW.labels(s.policy.split("@")[0], s.would, s.side).inc()
 
 
 def latency(endpoint: str, guarded: bool, seconds: float, ttft: float | None) -> None:

@@ -56,6 +56,11 @@ class ActivePolicy:
         return self.spec.action
 
     @property
+    def shadow(self) -> bool:
+        """Scored on live traffic, enforced nowhere (`mode: shadow`)."""
+        return self.spec.mode == "shadow"
+
+    @property
     def threshold(self) -> float:
         return self.artifact.classifier.threshold
 
@@ -82,6 +87,7 @@ class FailedPolicy:
     version: int
     scope: Scope | None  # None when even the stored spec is unreadable: then it applies to everything
     error: str
+    shadow: bool = False  # a shadow-mode policy enforces nothing, so it cannot fail closed either
 
     @property
     def key(self) -> str:
@@ -146,15 +152,18 @@ class PolicyRegistry:
         error = f"cannot load {policy_id}@{version}: {exc}"
         if policy_id not in self.failed or self.failed[policy_id].error != error:
             log.error("%s; refusing the requests it applies to until it loads", error)
+        shadow = False
         try:
-            scope: Scope | None = from_version_spec(stored_spec)[0].scope
+            spec = from_version_spec(stored_spec)[0]
+            scope: Scope | None = spec.scope
+            shadow = spec.mode == "shadow"
         except Exception:
             scope = None
         try:
             self.store.note_load_error(policy_id, version, error, self.worker)
         except Exception:
             log.exception("cannot record the load error of %s@%d", policy_id, version)
-        return FailedPolicy(policy_id, version, scope, error)
+        return FailedPolicy(policy_id, version, scope, error, shadow)
 
     def _publish_info(self, fresh: dict[str, ActivePolicy]) -> None:
         if not self.target_names_in_metrics:

@@ -32,7 +32,7 @@ class GuardSession:
     async def check(self, prompts: list[Prompt]) -> list[GuardDecision]:
         policies, failed = self.guard.applicable(self.model, self.tenant)
         self.decisions = await self.guard.check([p.segments for p in prompts], policies, failed, self.access)
-        applicable = [p.policy_key for p in policies]
+        applicable = [p.policy_key for p in policies if not p.shadow]  # the worker watches the enforced ones
         self.output = OutputGuard(self.decisions, policies, self.n, [p.tail for p in prompts],
                                   [d.guard_args(applicable, self.guard.marker) for d in self.decisions],
                                   self.guard.marker,
@@ -89,6 +89,8 @@ class GuardSession:
         await asyncio.to_thread(self.output.finish)
         detail = self.output.detail()
         recorder.outcome(detail, output_tokens)
+        self.guard.audit_shadow_output([(s.policy, s.would) for s in detail.shadow if s.side == "output"],
+                                       self.tenant, self.endpoint)
         ttft = None if self.first_text_at is None else self.first_text_at - self.started
         recorder.latency(self.endpoint, self.verdict is not Verdict.passed, time.perf_counter() - self.started, ttft)
         if self.access.detail:

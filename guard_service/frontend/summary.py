@@ -19,6 +19,14 @@ class FailedInfo(BaseModel):
     error: str
 
 
+class ShadowInfo(BaseModel):
+    """What a shadow-mode policy would have done to this request (it did nothing)."""
+
+    policy: str
+    would: str  # steer | refuse
+    side: str  # prompt (the classifier matched) | output (a leak it would have acted on)
+
+
 class DecisionInfo(BaseModel):
     action: str  # pass | steer | refuse
     policies: list[str]
@@ -27,6 +35,7 @@ class DecisionInfo(BaseModel):
     scores: dict[str, float] = Field(default_factory=dict)
     classifier_ms: float = 0.0
     bypassed_by: str | None = None
+    shadow: list[MatchInfo] = Field(default_factory=list)  # shadow-mode policies that matched (not enforced)
 
 
 class LeakInfo(BaseModel):
@@ -49,6 +58,7 @@ class GuardSummary(BaseModel):
     blocked: list[int] = Field(default_factory=list)  # choices ended at a leak
     steered: list[int] = Field(default_factory=list)  # choices switched to steered decoding at a leak
     failed_closed: int = 0  # choices the worker ended because a policy could not load
+    shadow: list[ShadowInfo] = Field(default_factory=list)  # what shadow-mode policies would have done
     prompts: list[DecisionInfo] | None = None  # one per prompt, when a request has several
 
     def public(self) -> PublicGuard:

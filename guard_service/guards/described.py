@@ -18,6 +18,7 @@ import numpy as np
 from guard_service.embedding import embed
 from guard_service.guards.base import Finding, GuardComponent, Level, PromptText
 from guard_service.policy.artifacts import PolicyArtifact
+from guard_service.policy.forbidden import unnamed
 from guard_service.policy.request import TargetKind, UnlearningRequest
 
 DESCRIBED_MIN_SIM = 0.7  # a prompt this close to an unnamed fact may describe the target (a candidate)
@@ -37,16 +38,6 @@ _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
 @dataclass(frozen=True)
 class Described:
     vectors: np.ndarray  # the target's fact and description sentences with its names taken out
-
-
-def unnamed(text: str, names: list[str], instead: str) -> str:
-    """`text` with every name (whole, then each word of three or more letters, possessive kept) replaced."""
-    for name in sorted(names, key=len, reverse=True):
-        text = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", instead, text, flags=re.IGNORECASE)
-    for name in names:
-        for word in re.findall(r"[^\W\d_]{3,}", name):
-            text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", instead, text)
-    return re.sub(rf"{re.escape(instead)}(?:\s+{re.escape(instead)})+", instead, text)
 
 
 def _says_something(masked: str) -> bool:

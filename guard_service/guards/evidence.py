@@ -115,15 +115,17 @@ def evidence_reason(prompt: PromptText, part: Evidence) -> str | None:
 
 
 def names_someone_else(text: PromptText, part: Evidence) -> str | None:
-    """A name of two or more words in `text` that is neither one of the target's names nor inside its evidence
-    ("Rhoda Mbalazi", in a sentence otherwise close to the target's facts): the text is about that person."""
+    """The first name of two or more words in `text`, when it is neither one of the target's names nor inside its
+    evidence: what the sentence is about ("Rhoda Mbalazi won the ... Award for African American literature",
+    otherwise close to the target's facts). A sentence that first names the target or its evidence is about
+    the target, whatever it lists after it ("the Mona Lisa, the Venus de Milo and ...")."""
     _, names = _name_words(part.aliases)
     known = [tuple(words(p).split()) for p in part.evidence]
-    for run in text.derived("name_runs", _name_runs):
-        if len(run) >= 2 and not any(_same_name(run, n) or _same_name(n, run) for n in names) and not any(
-                _contiguous_in(run, k) for k in known):
-            return " ".join(run)
-    return None
+    run = next((r for r in text.derived("name_runs", _name_runs) if len(r) >= 2), None)
+    if run is None or any(_same_name(run, n) or _same_name(n, run) for n in names) or any(
+            _contiguous_in(run, k) for k in known):
+        return None
+    return " ".join(run)
 
 
 class EvidenceDetector(GuardComponent):

@@ -86,6 +86,7 @@ class Known:
     retain_vectors: np.ndarray  # the policy's retain examples: what must stay answerable
     evidence: Evidence
     act: bool  # on_leak == "act"
+    shadow: bool = False  # a shadow-mode policy: its leaks are what it would have acted on, never acted on
 
 
 @dataclass
@@ -96,16 +97,52 @@ class Leak:
     start: int  # offset in the generated text (0 when the leak began in the prompt)
     score: float | None = None
     act: bool = False  # its policy acts on it (refuses or steers the choice)
+    would: bool = False  # its policy would act on it if enforced (a shadow-mode policy's leaks: act is False)
 
     def as_dict(self) -> dict:
         return {"policy": self.policy, "kind": self.kind, "text": self.text, "start": self.start,
                 "score": None if self.score is None else round(self.score, 4)}
 
 
+def _leak(known: Known, key: str, kind: str, text: str, start: int, score: float | None, acts: bool) -> Leak:
+    """`acts`: this kind of leak is acted on (whole names, facts restated); its policy decides whether it is."""
+    would = known.act and acts
+    return Leak(key, kind, text, start, score, act=would and not known.shadow, would=would)
+
+
+def _segments(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Matrices stacked, and where each begins (for a per-part max with `np.maximum.reduceat`)."""
+    starts = np.cumsum([0] + [len(x) for x in parts[:-1]])
+    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32), starts
+
+
+@dataclass(frozen=True)
+class _Combined:
+    """Every scanned policy's part at once, so a text is read once, not once per policy. Built once per set of
+    active policies."""
+
+    names: NameIndex  # tagged by policy key
+    typos: TypoIndex
+    spelled: re.Pattern[str] | None  # any policy's spellings: a text none of them spells is done with at once
+    with_facts: list[int]  # the policies (by position) that have facts, in the order of `facts`
+    facts: np.ndarray
+    fact_starts: np.ndarray
+    retain: np.ndarray  # the retain examples of the policies in `with_facts` that have them
+    retain_starts: np.ndarray
+    retain_of: list[int]  # per policy in `with_facts`: its segment in `retain`, or -1
+
+
 @functools.lru_cache(maxsize=64)
-def _merged(policies: tuple[tuple[str, Known], ...]) -> tuple[NameIndex, TypoIndex]:
-    """The policies' names as one index each, tagged by policy key (built once per set of active policies)."""
-    return merge((key, k.names) for key, k in policies), merge((key, k.typos) for key, k in policies)
+def _combined(policies: tuple[tuple[str, Known], ...]) -> _Combined:
+    spelled = (re.compile("|".join(f"(?:{k.pattern.pattern})" for _, k in policies), re.IGNORECASE)
+               if policies else None)
+    with_facts = [i for i, (_, k) in enumerate(policies) if len(k.fact_vectors)]
+    facts, fact_starts = _segments([policies[i][1].fact_vectors for i in with_facts])
+    retained = [i for i in with_facts if len(policies[i][1].retain_vectors)]
+    retain, retain_starts = _segments([policies[i][1].retain_vectors for i in retained])
+    retain_of = [retained.index(i) if i in retained else -1 for i in with_facts]
+    return _Combined(merge((key, k.names) for key, k in policies), merge((key, k.typos) for key, k in policies),
+                     spelled, with_facts, facts, fact_starts, retain, retain_starts, retain_of)
 
 
 @dataclass
@@ -124,7 +161,7 @@ class LeakScanner(OutputScanner):
     def __post_init__(self) -> None:
         self.text = self.prompt_tail
         self._scanned = len(self.prompt_tail)
-        self._names, self._typos = _merged(tuple(self.policies))
+        self._all = _combined(tuple(self.policies))
 
     @property
     def output(self) -> str:
@@ -138,7 +175,7 @@ class LeakScanner(OutputScanner):
         if end <= offset or any(lk.policy == key and lk.start == rel for lk in self.leaks):
             return None
         text = self.text[max(start, 0):end]
-        return Leak(key, "lexical", text, rel, act=known.act and (name or text.casefold() in known.whole))
+        return _leak(known, key, "lexical", text, rel, None, name or text.casefold() in known.whole)
 
     def _scan(self, final: bool) -> list[Leak]:
         """Every policy over the new text (and a little before it); the text's words are split once, and its
@@ -146,11 +183,12 @@ class LeakScanner(OutputScanner):
         window = max(0, self._scanned - RESCAN_CHARS)
         found: list[Leak] = []
         units = units_of(self.text)
+        spelled = self._all.spelled is not None and self._all.spelled.search(self.text, window) is not None
         spans: dict[str, list[tuple[int, int, bool]]] = {
             key: [(m.start(), m.end(), False) for m in known.pattern.finditer(self.text, window)
-                  if m.end() > self._scanned or final] for key, known in self.policies}
-        for start, end, key in (name_leaks(self.text, self._names, window, final, units)
-                                + misspelled(self.text, self._typos, window, final, units)):
+                  if m.end() > self._scanned or final] if spelled else [] for key, known in self.policies}
+        for start, end, key in (name_leaks(self.text, self._all.names, window, final, units)
+                                + misspelled(self.text, self._all.typos, window, final, units)):
             spans[key].append((start, end, True))
         for key, known in self.policies:
             for start, end, name in sorted(spans[key]):
@@ -172,24 +210,28 @@ class LeakScanner(OutputScanner):
         end = len(self.output) if upto is None else upto
         chunk, start = self.output[self._judged:end], self._judged
         self._judged = max(self._judged, end)
-        policies = [(key, known) for key, known in self.policies if len(known.fact_vectors)]
         spans = [(m.start() + start, m.group().strip()) for m in _SENTENCE.finditer(chunk)]
         spans = [(at, s) for at, s in spans if len(s) >= SEMANTIC_MIN_CHARS]
-        if not spans or not policies:
+        both = self._all
+        if not spans or not both.with_facts:
             return []
         vectors = embed([s for _, s in spans])
+        # Each sentence's best fact (and retain example) per policy, all policies in one product.
+        sims = np.maximum.reduceat(vectors @ both.facts.T, both.fact_starts, axis=1)
+        kept = (np.maximum.reduceat(vectors @ both.retain.T, both.retain_starts, axis=1) if len(both.retain)
+                else np.zeros((len(spans), 0)))
+        texts: dict[int, PromptText] = {}
         found = []
-        for key, known in policies:
-            sims = (vectors @ known.fact_vectors.T).max(axis=1)
-            kept = ((vectors @ known.retain_vectors.T).max(axis=1) if len(known.retain_vectors)
-                    else np.full(len(spans), -1.0))
-            for (at, sentence), score, near_retain in zip(spans, sims.tolist(), kept.tolist(), strict=True):
-                if score < FACT_EVIDENCE_SIM or score <= near_retain:
-                    continue
-                text = PromptText(sentence, vectors[:0])
-                if score >= FACT_MIN_SIM or (evidence_reason(text, known.evidence)
-                                             and not names_someone_else(text, known.evidence)):
-                    found.append(Leak(key, "semantic", sentence, at, score, act=known.act))
+        for row, col in zip(*np.nonzero(sims >= FACT_EVIDENCE_SIM), strict=True):
+            key, known = self.policies[both.with_facts[col]]
+            score, r = float(sims[row, col]), both.retain_of[col]
+            if r >= 0 and score <= float(kept[row, r]):
+                continue
+            at, sentence = spans[row]
+            text = texts.setdefault(row, PromptText(sentence, vectors[:0]))
+            if score >= FACT_MIN_SIM or (evidence_reason(text, known.evidence)
+                                         and not names_someone_else(text, known.evidence)):
+                found.append(_leak(known, key, "semantic", sentence, at, score, True))
         self.leaks.extend(found)
         return found
 
@@ -218,7 +260,7 @@ class LeakDetector(GuardComponent):
         names = name_index(forbidden.items, whole_only=True)
         return Known(leak_pattern(forbidden.variants), whole, names, typo_index(names),
                      embed(list(artifact.classifier.facts)), embed(list(spec.retain_examples)),
-                     EvidenceDetector().load(artifact, spec), spec.on_leak == "act")
+                     EvidenceDetector().load(artifact, spec), spec.on_leak == "act", spec.mode == "shadow")
 
     def output_scanner(self, parts: list[tuple[str, Known]], prompt_tail: str) -> LeakScanner:
         return LeakScanner([(key, part) for key, part in parts if part is not None], prompt_tail)

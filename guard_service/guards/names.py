@@ -32,8 +32,16 @@ FUZZY_MIN_SCORE = 88
 
 
 @dataclass(frozen=True)
+class Alias:
+    text: str
+    words: str  # `spelling.words` of it
+    squashed: str  # `spelling.squash` of it
+    casefold: str
+
+
+@dataclass(frozen=True)
 class Names:
-    aliases: tuple[str, ...]
+    aliases: tuple[Alias, ...]  # normal forms worked out once per policy version, not once per prompt
     whole: NameIndex  # whole names only: one word of a name alone is a namesake's as often as the target's
     typos: TypoIndex  # the same, for typos
 
@@ -42,24 +50,22 @@ def _swapped(raw: str) -> str:
     return squash(raw.casefold().translate(_SWAPS))
 
 
-def lexical_reason(prompt: PromptText, aliases: tuple[str, ...]) -> str | None:
+def lexical_reason(prompt: PromptText, aliases: tuple[Alias, ...]) -> str | None:
     text_words = prompt.derived("words", words)
     for alias in aliases:
-        w = words(alias)
-        if w.strip() and w in text_words:
-            return f"alias:{alias}"
+        if alias.words.strip() and alias.words in text_words:
+            return f"alias:{alias.text}"
     squashed, swapped = prompt.derived("squashed", squash), prompt.derived("swapped", _swapped)
     for alias in aliases:
-        s = squash(alias)
-        if len(s) >= 4 and (s in squashed or s in swapped):
-            return f"alias-obfuscated:{alias}"
+        if len(alias.squashed) >= 4 and (alias.squashed in squashed or alias.squashed in swapped):
+            return f"alias-obfuscated:{alias.text}"
     raw_cf = prompt.derived("casefold", str.casefold)
     for alias in aliases:
         # partial_ratio slides the shorter string over the longer: a text shorter than the alias ("a") would be
         # compared with a piece of the alias and match it.
-        if (len(alias) >= FUZZY_MIN_LEN and len(raw_cf) >= len(alias)
-                and fuzz.partial_ratio(alias.casefold(), raw_cf) >= FUZZY_MIN_SCORE):
-            return f"alias-fuzzy:{alias}"
+        if (len(alias.text) >= FUZZY_MIN_LEN and len(raw_cf) >= len(alias.text)
+                and fuzz.partial_ratio(alias.casefold, raw_cf) >= FUZZY_MIN_SCORE):
+            return f"alias-fuzzy:{alias.text}"
     return None
 
 
@@ -68,7 +74,8 @@ class NameDetector(GuardComponent):
 
     def load(self, artifact: PolicyArtifact, spec: UnlearningRequest) -> Names:
         whole = name_index(artifact.forbidden.items, whole_only=True)
-        return Names(tuple(artifact.classifier.aliases), whole, typo_index(whole))
+        aliases = tuple(Alias(a, words(a), squash(a), a.casefold()) for a in artifact.classifier.aliases)
+        return Names(aliases, whole, typo_index(whole))
 
     def scan(self, part: Names, prompt: PromptText) -> Finding | None:
         reason = lexical_reason(prompt, part.aliases)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -31,11 +32,8 @@ _SEPARATOR = re.compile(r"[\s.\-'’·]{1,3}")  # what may stand between the wor
 class _Name:
     squashed: str  # casefolded letters and digits
     bounds: tuple[int, ...]  # end offset of each of its words in `squashed`
+    words: tuple[str, ...] = ()  # its words, casefolded
     tag: str = ""  # whose name it is, where one index holds several policies' names (`merge`)
-
-    @property
-    def words(self) -> list[str]:
-        return [self.squashed[a:b] for a, b in zip((0, *self.bounds), self.bounds, strict=False)]
 
 
 def squash(text: str) -> str:
@@ -65,7 +63,7 @@ def name_index(items: Iterable[ForbiddenItem], whole_only: bool = False) -> Name
             continue
         seen.add(squashed)
         bounds = tuple(sum(len(u) for u in units[:i + 1]) for i in range(len(units)))
-        out.setdefault(squashed[0], []).append(_Name(squashed, bounds))
+        out.setdefault(squashed[0], []).append(_Name(squashed, bounds, tuple(units)))
     return {k: tuple(v) for k, v in out.items()}
 
 
@@ -139,17 +137,31 @@ def _first_at(units: list[Unit], start_at: int) -> int:
     return bisect.bisect_left(units, start_at, key=lambda u: u[1])
 
 
-def units_of(text: str) -> list[Unit]:
-    return [(m.group().casefold(), m.start(), m.end()) for m in _UNIT.finditer(text)]
+class Units(list[Unit]):
+    """A text's units, and where each first letter occurs (so a search visits only the words a name could start
+    at, not every word once per policy)."""
+
+    @functools.cached_property
+    def by_letter(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for i, (word, _, _) in enumerate(self):
+            out.setdefault(word[0], []).append(i)
+        return out
 
 
-def _spans(units: list[Unit], start_at: int, candidates: Callable[[int], Iterable[_Name]],
+def units_of(text: str) -> Units:
+    return Units((m.group().casefold(), m.start(), m.end()) for m in _UNIT.finditer(text))
+
+
+def _spans(units: Units, start_at: int, positions: Iterable[int], candidates: Callable[[int], Iterable[_Name]],
            end_of: Callable[[int, _Name], int | None]) -> list[Span]:
-    """For each unit from `start_at` on, the longest match of each tag's candidate names that starts there
-    (`end_of`: its end, or None); a tag's match hides its later matches inside it."""
+    """For each unit at `positions` (those a name could start at) from `start_at` on, the longest match of each
+    tag's candidate names that starts there (`end_of`: its end, or None); a tag's match hides its later matches
+    inside it."""
     found: list[Span] = []
     last: dict[str, int] = {}
-    for i in range(_first_at(units, start_at), len(units)):
+    first = _first_at(units, start_at)
+    for i in sorted({i for i in positions if i >= first}):
         start = units[i][1]
         ends: dict[str, int] = {}
         for name in candidates(i):
@@ -161,14 +173,20 @@ def _spans(units: list[Unit], start_at: int, candidates: Callable[[int], Iterabl
     return found
 
 
-def name_leaks(text: str, index: NameIndex, start_at: int, final: bool,
-               units: list[Unit] | None = None) -> list[Span]:
+def name_leaks(text: str, index: NameIndex, start_at: int, final: bool, units: Units | None = None) -> list[Span]:
     """(start, end, tag) of names spelled word by word (or letter by letter) in `text`, in words that begin
     at or after `start_at`. Unless `final`, a match whose last word ends the text (and may still grow) waits.
     `units`: `units_of(text)`, when the caller already has them."""
     units = units_of(text) if units is None else units
-    return _spans(units, start_at, lambda i: index.get(units[i][0][0], ()),
-                  lambda i, name: _walk(text, units, i, name, final))
+
+    def candidates(i: int) -> Iterable[_Name]:
+        # Only a name that starts with this word's first three letters (all of a shorter word: one letter of a
+        # spelled-out name, an initial) can be spelled from here: `_judge` wants more of a name than that.
+        head = units[i][0][:3]
+        return [n for n in index.get(head[0], ()) if n.squashed.startswith(head)]
+
+    positions = (i for letter in index if letter in units.by_letter for i in units.by_letter[letter])
+    return _spans(units, start_at, positions, candidates, lambda i, name: _walk(text, units, i, name, final))
 
 
 def _typos(letters: int) -> int:
@@ -226,8 +244,7 @@ def _misspells(text: str, units: list[Unit], i: int, name: _Name) -> int:
     return 0
 
 
-def misspelled(text: str, index: TypoIndex, start_at: int, final: bool,
-               units: list[Unit] | None = None) -> list[Span]:
+def misspelled(text: str, index: TypoIndex, start_at: int, final: bool, units: Units | None = None) -> list[Span]:
     """(start, end, tag) of whole names of two or more words written with typos (one word of a name alone is
     too often another word: "Rowling" / "rolling"), in words that begin at or after `start_at`; exact
     spellings are `name_leaks`'. Unless `final`, a match whose last word ends the text (and may still grow)
@@ -242,4 +259,6 @@ def misspelled(text: str, index: TypoIndex, start_at: int, final: bool,
         n = _misspells(text, units, i, name)
         return units[i + n - 1][2] if n and (final or units[i + n - 1][2] < len(text)) else None
 
-    return _spans(units, start_at if index else len(text) + 1, candidates, end_of)
+    # A typo may change the first letter of a name's first or second word, not both.
+    positions = (i - k for k, letter in index if letter in units.by_letter for i in units.by_letter[letter])
+    return _spans(units, start_at, positions, candidates, end_of)

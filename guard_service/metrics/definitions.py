@@ -31,6 +31,9 @@ REFUSALS = Counter("guard_refusals_total", "Refused choices by reason", ["reason
 LEAKS = Counter("guard_leaks_total", "Forgotten content found in generated text", ["policy", "kind"])
 OUTPUT_ACTIONS = Counter("guard_output_actions_total", "Choices the output side ended (refuse) or resumed under "
                          "steered decoding (steer) at a leak", ["action"])
+SHADOW = Counter("guard_shadow_total", "What shadow-mode policies would have done, enforcing nothing: steer or "
+                 "refuse a prompt the classifier matched (side=prompt), or act on a leak (side=output)",
+                 ["policy", "would", "side"])
 ACTIVE_POLICIES = Gauge("guard_active_policies", "Policies this process enforces", multiprocess_mode="liveall")
 COMPILE_SECONDS = Histogram("guard_compile_duration_seconds", "Policy compile time", ["stage"],
                             buckets=LATENCY_BUCKETS)

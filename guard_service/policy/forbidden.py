@@ -136,3 +136,13 @@ def weak_evidence_words(names: list[str], texts: list[str]) -> list[str]:
              if len(p.split()) == 1 and not p.isdigit() and len(p) >= 4
              and p.casefold() not in GENERIC_WORDS and p.casefold() not in name_words}
     return sorted(words, key=str.casefold)
+
+
+def unnamed(text: str, names: list[str], instead: str) -> str:
+    """`text` with every name (whole, then each word of three or more letters, possessive kept) replaced."""
+    for name in sorted(names, key=len, reverse=True):
+        text = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", instead, text, flags=re.IGNORECASE)
+    for name in names:
+        for word in re.findall(r"[^\W\d_]{3,}", name):
+            text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", instead, text)
+    return re.sub(rf"{re.escape(instead)}(?:\s+{re.escape(instead)})+", instead, text)

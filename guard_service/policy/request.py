@@ -36,6 +36,9 @@ class Action(StrEnum):
 # steer it from the last clean point; frontend/output_guard.py) or only report it. "block", the old name of
 # acting, is still read (stored specs and clients written before it was renamed).
 OnLeak = Annotated[Literal["act", "report"], BeforeValidator(lambda v: "act" if v == "block" else v)]
+# What a policy does to traffic: enforce it, or only score it (shadow: compiled and loaded like any other,
+# matched and scanned on live traffic, counted and audited as what it would have done, enforced nowhere).
+Mode = Literal["enforce", "shadow"]
 
 
 class Strength(BaseModel):
@@ -81,6 +84,8 @@ class UnlearningRequest(ValidText):
     on_leak: OnLeak = Field(
         "act", description="act: a refuse policy ends a choice whose output leaks (content_filter), a steer policy "
         "continues it under steered decoding from the last clean sentence; report: only record the leak")
+    mode: Mode = Field("enforce", description="shadow: scored on live traffic, counted in metrics and audited as "
+                       "would-have-steered / would-have-refused, enforced nowhere; PATCH mode=enforce promotes it")
     strength: Strength = Field(default_factory=Strength)
     scope: Scope = Field(default_factory=Scope)
     expires_at: datetime | None = None
@@ -121,6 +126,7 @@ class UnlearningPatch(ValidText):
     retain_examples: list[NonEmpty] | None = None
     action: Action | None = None
     on_leak: OnLeak | None = None
+    mode: Mode | None = None
     strength: Strength | None = None
     scope: Scope | None = None
     expires_at: datetime | None = None
