@@ -3,8 +3,9 @@ is known about it ("the geology author born in Karachi", "Who is this? A prolifi
 King of Horror", a hint sentence before "what was this person's debut novel?"). Such a prompt is far from the
 facts as written (they name the target), and close to the same facts with the name taken out. So each sentence of
 the target's facts and description is embedded with its names replaced ("This person was born in Karachi") and a
-prompt very close to one of them matches; one fairly close is a candidate: like a mid-range semantic score it
-matches only beside evidence of this target (a title, a multi-word name, a number with a place of its facts).
+prompt very close to one of them matches (unless it gives a number the target's facts do not hold); one fairly
+close is a candidate: like a mid-range semantic score it matches only beside evidence of this target (a title, a
+multi-word name, a number with a place of its facts).
 A fact that says little once its name is gone ("The author's full name is X": "full", "name") is left out: it
 would match every "what is the author's name?". Reads classifier.json; compiles nothing of its own."""
 
@@ -38,6 +39,10 @@ _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
 @dataclass(frozen=True)
 class Described:
     vectors: np.ndarray  # the target's fact and description sentences with its names taken out
+    numbers: frozenset[str]  # the numbers its facts and description hold (years, dates)
+
+
+_NUMBER = re.compile(r"\d{2,}")
 
 
 def _says_something(masked: str) -> bool:
@@ -58,13 +63,17 @@ class DescribedDetector(GuardComponent):
         known = sentences([*clf.facts, spec.description])
         # Only sentences that named the target say something about it once the name is gone.
         masked = [m for s in known if (m := unnamed(s, list(clf.aliases), instead)) != s and _says_something(m)]
-        return Described(embed(masked) if masked else np.zeros((0, 1), dtype=np.float32))
+        return Described(embed(masked) if masked else np.zeros((0, 1), dtype=np.float32),
+                         frozenset(_NUMBER.findall(" ".join([*clf.facts, spec.description]))))
 
     def scan(self, part: Described, prompt: PromptText) -> Finding | None:
         if not len(part.vectors):
             return None
         score = float((prompt.vectors @ part.vectors.T).max())
-        if score >= DESCRIBED_SIM:
+        # A description with a number the target's facts do not hold ("the author born in Baku on February 14,
+        # 1960", of a target born there in another year) is someone else's, unless evidence says otherwise.
+        other_number = any(n not in part.numbers for n in _NUMBER.findall(prompt.raw))
+        if score >= DESCRIBED_SIM and not other_number:
             return Finding(Level.match, f"described:{score:.3f}>={DESCRIBED_SIM}", score)
         if score >= DESCRIBED_MIN_SIM:
             return Finding(Level.candidate, f"described:{score:.3f}>={DESCRIBED_MIN_SIM}", score)
