@@ -11,7 +11,6 @@ or an `evidence` finding, and the evidence detectors run only for a candidate wi
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from guard_service.embedding import embed
 from guard_service.frontend.registry import ActivePolicy
 from guard_service.guards import COMPONENTS
 from guard_service.guards.base import GuardComponent, Level, PromptText
+from guard_service.guards.described import sentences
 
 WINDOW_WORDS = 48
 
@@ -93,14 +93,10 @@ def _windows(text: str, size: int) -> list[str]:
     return [" ".join(words[s:s + size]) for s in starts]
 
 
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
-SENTENCE_MIN_WORDS = 4
-
-
 def _sentences(text: str) -> list[str]:
     """The sentences of a message of several: a hint or a second question read on its own ("Hint: <what is
     known about the target>. Question: ...")."""
-    found = [s for m in _SENTENCE.finditer(text) if len((s := m.group().strip()).split()) >= SENTENCE_MIN_WORDS]
+    found = sentences(text)
     return found if len(found) > 1 else []
 
 

@@ -50,8 +50,12 @@ def _says_something(masked: str) -> bool:
     return len(content) >= MIN_CONTENT_WORDS
 
 
-def sentences(texts: list[str]) -> list[str]:
-    return [s for t in texts for m in _SENTENCE.finditer(t) if len((s := m.group().strip()).split()) >= 4]
+SENTENCE_MIN_WORDS = 4
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of `text` long enough to say something (the classifier reads a prompt's this way too)."""
+    return [s for m in _SENTENCE.finditer(text) if len((s := m.group().strip()).split()) >= SENTENCE_MIN_WORDS]
 
 
 class DescribedDetector(GuardComponent):
@@ -60,7 +64,7 @@ class DescribedDetector(GuardComponent):
     def load(self, artifact: PolicyArtifact, spec: UnlearningRequest) -> Described:
         clf = artifact.classifier
         instead = "this person" if spec.kind is TargetKind.entity else "this"
-        known = sentences([*clf.facts, spec.description])
+        known = [x for t in [*clf.facts, spec.description] for x in sentences(t)]
         # Only sentences that named the target say something about it once the name is gone.
         masked = [m for s in known if (m := unnamed(s, list(clf.aliases), instead)) != s and _says_something(m)]
         return Described(embed(masked) if masked else np.zeros((0, 1), dtype=np.float32),
