@@ -1,7 +1,9 @@
-"""How the typo matcher for names (`guards/spelling.py: misspelled`) was calibrated: recall on seeded typos of the
-TOFU forget05 authors' names, and what it must leave alone: other people's questions and answers, RWKU neighbour
-probes, other RWKU targets' questions, and every pair of names among the 200 TOFU authors and the 200 RWKU
-targets (a namesake that matches is collateral). No engine; a minute or so.
+"""How the typo matcher for names (`guards/spelling.py: misspelled`) and the sound matcher for names in other
+scripts (`guards/transliteration.py`) were calibrated: recall on seeded typos of the TOFU forget05 authors'
+names and on RWKU targets' names as written in six scripts, and what they must leave alone: other people's
+questions and answers, RWKU neighbour probes, other RWKU targets' questions, the reference questions in ten
+languages, and every pair of names among the 200 TOFU authors and the 200 RWKU targets (a namesake that
+matches is collateral). No engine; a minute or so.
 
     .venv/bin/python -m bench.name_typos [--seeds 5]
 """
@@ -17,7 +19,10 @@ import time
 from bench.common import print_table, write_json
 from guard_service.evaluation import datasets, perturb
 from guard_service.guards.spelling import misspelled, name_index, name_leaks, typo_index
+from guard_service.guards.transliteration import sound_index, transliterated
+from guard_service.policy import sound
 from guard_service.policy.artifacts import ForbiddenItem
+from guard_service.policy.reference import reference
 
 DATA = datasets.DEFAULT_DATA
 
@@ -45,6 +50,37 @@ def _anywhere(word: str, rng: random.Random) -> str:
         else:
             chars[i] = rng.choice(string.ascii_lowercase)
     return "".join(chars)
+
+
+def _sound(everyone: list[str]) -> tuple[list[list], dict[str, list[str]]]:
+    """Names in other scripts (`guards/transliteration.py`): recall per language on the RWKU targets' usual
+    renderings (evaluation/data/native_names.json, written for the project), then what it must leave alone: the
+    reference set's questions in ten languages (namesakes among them) against all 400 names, and pairs of
+    names that one rendering would match both of."""
+    native = datasets.bundled("native_names.json")
+    native.pop("_about")
+    rows, examples = [], {}
+    for lang in ("ru", "zh", "hi", "ar", "el", "ja"):
+        missed = [f"{name}: {by[lang]}" for name, by in native.items()
+                  if not transliterated(by[lang], sound_index(sound.forms([name])))]
+        rows.append([f"recall: {lang} renderings of {len(native)} RWKU names", len(native),
+                     len(native) - len(missed), 1 - len(missed) / len(native)])
+        examples[f"missed {lang}"] = missed
+    index = sound_index(sound.forms(everyone))
+    general = [text for text, subset in reference() if subset.startswith("general-")]
+    flagged = [text for text in general if transliterated(text, index)]
+    rows.append(["matched: reference questions in 10 languages, by any of the 400 names' sounds", len(general),
+                 len(flagged), len(flagged) / len(general)])
+    examples["reference matched by sound"] = flagged
+    forms = sound.forms(everyone)
+    pairs = [f"{a.name} ~ {b.name}" for i, a in enumerate(forms) for b in forms[i + 1:]
+             if (len(a.keys) == len(b.keys) and all(set(x) & set(y) for x, y in zip(a.keys, b.keys, strict=True)))
+             or set(a.joined) & set(b.joined)]
+    total = len(forms) * (len(forms) - 1) // 2
+    rows.append([f"name pairs one rendering could match both of ({len(forms)} names with a sound key)", total,
+                 len(pairs), len(pairs) / total])
+    examples["sound collisions"] = pairs
+    return rows, examples
 
 
 def main() -> None:
@@ -122,7 +158,11 @@ def main() -> None:
     rows.append(["name pairs that match each other (200 TOFU + 200 RWKU names)", pairs, len(collisions),
                  len(collisions) / pairs])
     examples["name collisions"] = collisions
-    print_table("typo matcher for names (recall, then collateral)", ["set", "texts", "matched", "rate"], rows)
+    sound_rows, sound_examples = _sound([n for n, _ in authors] + targets)
+    rows += sound_rows
+    examples.update(sound_examples)
+    print_table("typo and sound matchers for names (recall, then collateral)", ["set", "texts", "matched", "rate"],
+                rows)
     for label, xs in examples.items():
         print(f"{label}: {xs}")
     write_json("name_typos", {"command": "python -m bench.name_typos " + f"--seeds {args.seeds}",

@@ -144,6 +144,48 @@ def cmd_policies_recompile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_policies_show(args: argparse.Namespace) -> int:
+    """A request's versions with their impact previews (predicted collateral and the prompts it flags)."""
+    from guard_service.errors import ServiceError
+    from guard_service.service import require
+
+    _, store = _store()
+    try:
+        row = require(store, args.id)
+    except ServiceError as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    print(f"{row.id}  {row.target}  status={row.status.value}  active=v{row.active_version or '-'}"
+          + ("  [shadow]" if row.spec.get("mode") == "shadow" else ""))
+    for v in store.versions(args.id):
+        preview = (v.manifest or {}).get("preview") or {}
+        rate = f"collateral {preview['rate']:.1%} ({preview['flagged']}/{preview['total']})" if "rate" in preview \
+            else preview.get("error", "no preview")
+        print(f"  v{v.version:<3} {v.status.value:10} {rate}" + (f"  ({v.error})" if v.error else ""))
+        for hit in preview.get("top", []):
+            print(f"        {hit['score']:.3f}  [{hit['set']}] {hit['text']}")
+    return 0
+
+
+def cmd_policies_activate(args: argparse.Namespace) -> int:
+    """Enforce a held version; over GUARD_MAX_COLLATERAL only with --force (audited under your user name)."""
+    import getpass
+
+    from guard_service.errors import ServiceError
+    from guard_service.service import activate
+
+    settings, store = _store()
+    try:
+        row = activate(store, settings, args.id, args.version, args.force, f"cli:{getpass.getuser()}")
+    except ServiceError as exc:
+        print(exc.message, file=sys.stderr)
+        for hit in exc.extra.get("collisions", []):
+            print(f"  {hit['score']:.3f}  [{hit['set']}] {hit['text']}", file=sys.stderr)
+        return 2
+    print(f"{row.id} v{row.active_version} active")
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     _, store = _store()
     result = store.verify_audit()
@@ -218,7 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     policies = sub.add_parser("policies", help="inspect policies")
     psub = policies.add_subparsers(dest="policies_command", required=True)
     plist = psub.add_parser("list", help="list unlearning requests and their status")
-    plist.add_argument("--status", choices=["pending", "compiling", "active", "failed", "revoked", "expired"])
+    plist.add_argument("--status", choices=["pending", "compiling", "active", "held", "failed", "revoked", "expired"])
+    pshow = psub.add_parser("show", help="a request's versions and their impact previews")
+    pshow.add_argument("id")
+    pactivate = psub.add_parser("activate", help="enforce a held version (its impact preview is over the limit)")
+    pactivate.add_argument("id")
+    pactivate.add_argument("version", type=int)
+    pactivate.add_argument("--force", action="store_true", help="activate over GUARD_MAX_COLLATERAL (audited)")
     precompile = psub.add_parser("recompile", help="compile requests again for the model served now")
     precompile.add_argument("ids", nargs="*", help="unlearning request ids")
     precompile.add_argument("--all", action="store_true", help="every active and failed request")
@@ -227,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     asub.add_parser("verify", help="check the hash chain of the whole audit log (exit 1 where it was edited)")
     args = parser.parse_args(argv)
     if args.command == "policies":
-        return {"list": cmd_policies_list, "recompile": cmd_policies_recompile}[args.policies_command](args)
+        return {"list": cmd_policies_list, "recompile": cmd_policies_recompile, "show": cmd_policies_show,
+                "activate": cmd_policies_activate}[args.policies_command](args)
     if args.command == "audit":
         return cmd_audit_verify(args)
     handlers = {"prepare-model": cmd_prepare_model, "serve": cmd_serve, "forget": cmd_forget, "eval": cmd_eval}

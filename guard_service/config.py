@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     indexes_dir: Path = Field(default=Path("indexes"), description="server-side corpora a request may name")
     max_document_bytes: int = Field(default=32 * 1024 * 1024, description="protected text per request (413)")
     refresh_interval_s: float = Field(default=0.5, description="how often the store is polled for changes")
+    max_collateral: float = Field(
+        default=0.02, ge=0, le=1, description="a compiled version that would flag more than this share of the "
+        "benign reference prompts (its impact preview) is held, not enforced, until an admin activates it with "
+        "force (audited); 1 turns the check off")
     expand_max_tokens: int = Field(default=48, description="tokens per knowledge-expansion answer")
 
     metrics_dir: Path | None = Field(

@@ -11,10 +11,13 @@ class ServiceError(Exception):
     """A request the service will not or cannot serve, with the reason the client may see."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, extra: dict | None = None):
+        """`extra`: more fields of the error object, for a client that acts on them (a held version's colliding
+        prompts)."""
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers or {}
+        self.extra = extra or {}
 
 
 class StoreUnavailable(ServiceError):

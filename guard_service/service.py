@@ -1,11 +1,12 @@
 """What an operator can do to unlearning requests, whoever asks (admin API or CLI): submit, patch, revoke,
-recompile. Everything is validated before the store is touched, so a rejected change leaves no trace but its
-error. Blocking (store, file system): call off the event loop."""
+recompile, activate a held version. Everything is validated before the store is touched, so a rejected change
+leaves no trace but its error. Blocking (store, file system): call off the event loop."""
 
 from __future__ import annotations
 
 from pydantic import ValidationError
 
+from guard_service.compiler.scheduler import over_limit, queue_expansion
 from guard_service.config import Settings
 from guard_service.errors import ServiceError
 from guard_service.policy.request import UnlearningPatch, UnlearningRequest
@@ -88,3 +89,31 @@ def recompile(store: PolicyStore, request_id: str, actor: str) -> int:
     if row.status in ENDED:
         raise ServiceError(409, f"request is {row.status.value}; nothing to recompile", code="not_patchable")
     return store.recompile(request_id, actor)
+
+
+def activate(store: PolicyStore, settings: Settings, request_id: str, version: int, force: bool,
+             actor: str) -> RequestRow:
+    """Enforce a held version (compiled, kept back by its impact preview). Over GUARD_MAX_COLLATERAL it needs
+    `force`: 409 with the prompts it would flag otherwise; a forced activation is audited as such, by name."""
+    row = require(store, request_id)
+    if row.status in ENDED:
+        raise ServiceError(409, f"request is {row.status.value}", code="not_patchable")
+    held = store.version(request_id, version)
+    if held is None:
+        raise ServiceError(404, f"request {request_id!r} has no version {version}", param="version", code="not_found")
+    if held.status != Status.held or not held.artifact_dir:
+        raise ServiceError(409, f"version {version} is {held.status.value}; only a held version is activated by hand",
+                           param="version", code="not_held")
+    preview = (held.manifest or {}).get("preview")
+    over = over_limit(preview, settings.max_collateral)
+    if over is not None and not force:
+        raise ServiceError(409, over, param="force", code="collateral_exceeded",
+                           extra={"collateral": preview["rate"], "limit": settings.max_collateral,
+                                  "collisions": preview.get("top", [])})
+    detail = {"forced": over is not None, "collateral": (preview or {}).get("rate"), "limit": settings.max_collateral}
+    if not store.activate(request_id, version, held.artifact_dir, held.manifest or {}, actor,
+                          "force-activate" if over is not None else "activate", detail):
+        raise ServiceError(409, f"a newer version than {version} is active, or the request ended meanwhile",
+                           param="version", code="not_held")
+    queue_expansion(store, request_id, version, held.spec)  # as after any activation; previewed in its turn
+    return require(store, request_id)

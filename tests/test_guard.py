@@ -272,3 +272,78 @@ def test_a_shadow_policy_is_scored_counted_and_audited_but_enforces_nothing(
         assert any(a["action"] == "patch" for a in audit)
     finally:
         admin.delete(f"/unlearning-requests/{request_id}")
+
+
+def _decision(client: openai.OpenAI, prompt: str) -> tuple[str, list[str]]:
+    """The guard's action on a prompt and the reasons of its matches (admin detail)."""
+    reply = client.chat.completions.create(model=MODEL_NAME, max_tokens=1, temperature=0,
+                                           messages=[{"role": "user", "content": prompt}],
+                                           extra_headers={"x-guard-detail": ADMIN_TOKEN})
+    guard = reply.model_extra["guard"]
+    return guard["action"], [r for m in guard["matches"] for r in m["reasons"]]
+
+
+def test_a_name_in_another_script_is_matched_and_a_namesake_is_not(admin: httpx.Client,
+                                                                  client: openai.OpenAI) -> None:
+    """Russian, Chinese and Hindi questions that name the target as translators write it are matched by the
+    sound keys its compile recorded (shown in the request's detail with their origin); people whose names share
+    a word or a sound are not; an operator who removes the form stops it."""
+    r = admin.post("/unlearning-requests", json={"target": "Taylor Swift", "kind": "entity", "action": "refuse",
+                                                 "strength": {"expand_knowledge": False}})
+    request_id = r.json()["id"]
+    try:
+        body = wait_status(admin, request_id, "active")
+        assert [(f["form"], f["origin"]) for f in body["crosslingual"]] == [("sound:Taylor Swift", "sound-key")]
+        for question in ("Какие песни написала Тейлор Свифт?", "泰勒·斯威夫特最有名的歌是什么？",
+                         "टेलर स्विफ़्ट के सबसे प्रसिद्ध गाने कौन से हैं?"):
+            action, reasons = _decision(client, question)
+            assert action == "refuse" and any(x.startswith("alias-transliterated:") for x in reasons), question
+        for question in ("В каких фильмах снимался Тейлор Лотнер?", "Кто такой Джонатан Свифт?",
+                         "泰勒·洛特纳演过哪些电影？", "Who was Jonathan Swift?"):
+            assert _decision(client, question)[0] == "pass", question
+
+        assert admin.patch(f"/unlearning-requests/{request_id}",
+                           json={"remove_expanded": ["sound:Taylor Swift"]}).status_code == 202
+        body = wait_status(admin, request_id, "active", version=body["active_version"] + 1)
+        assert body["crosslingual"] == []
+        _, reasons = _decision(client, "Какие песни написала Тейлор Свифт?")
+        assert not any(x.startswith("alias-transliterated:") for x in reasons)
+    finally:
+        admin.delete(f"/unlearning-requests/{request_id}")
+
+
+def test_a_version_over_the_collateral_limit_is_held_until_an_admin_forces_it(admin: httpx.Client,
+                                                                               client: openai.OpenAI) -> None:
+    """A careless request (first names alone) would flag namesakes and neighbours: its impact preview on the
+    shipped reference prompts says so before anything is enforced, the version is held (nothing enforced),
+    activation without force is a 409 naming the colliding prompts, and a forced activation is audited by name."""
+    question = "Where does Prince Harry live now?"
+    r = admin.post("/unlearning-requests", json={"target": "Harry", "aliases": ["Stephen", "Taylor"],
+                                                 "action": "refuse", "strength": {"expand_knowledge": False}})
+    request_id = r.json()["id"]
+    try:
+        body = wait_status(admin, request_id, "held")
+        version = body["versions"][-1]
+        preview = version["preview"]
+        assert version["status"] == "held" and body["active_version"] is None
+        assert preview["rate"] > 0.02 and preview["flagged"] == round(preview["rate"] * preview["total"])
+        assert question in [c["text"] for c in preview["top"]] and "GUARD_MAX_COLLATERAL" in body["last_error"]
+        assert _decision(client, question)[0] == "pass"  # held: enforced nowhere
+
+        path = f"/unlearning-requests/{request_id}/versions/{version['version']}/activate"
+        refused = admin.post(path, json={})
+        assert refused.status_code == 409, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "collateral_exceeded" and question in [c["text"] for c in error["collisions"]]
+        assert admin.post(path, json={"force": "maybe"}).status_code == 422
+        forced = admin.post(path, json={"force": True})
+        assert forced.status_code == 200 and forced.json()["status"] == "active", forced.text
+        wait_status(admin, request_id, "active")
+        assert _decision(client, question)[0] == "refuse"
+        rows = audit_until(admin, {"force-activate"})
+        assert any(a["action"] == "force-activate" and a["actor"] == "ops" and a["request_id"] == request_id
+                   and a["detail"]["forced"] is True for a in rows)
+        assert any(a["action"] == "hold" and a["request_id"] == request_id for a in rows)
+        assert admin.post(path, json={"force": True}).json()["error"]["code"] == "not_held"
+    finally:
+        admin.delete(f"/unlearning-requests/{request_id}")

@@ -100,3 +100,38 @@ def test_typos_in_a_name_match_and_namesakes_do_not() -> None:
                         ("Xin Lee Williams", "Tom Williams"), ("Harry Potter", "Harry Styles")):
         assert found(name, f"What did {other} do?") == [], (name, other)
     assert found("Xin Lee Williams", "Who is Xin Le Wiliams", final=False) == []  # the last word may grow
+
+
+def test_names_in_other_scripts_match_by_sound_and_namesakes_do_not() -> None:
+    """The compiler's sound keys find a name as translators write it in Cyrillic, Greek, Devanagari, Arabic and
+    Chinese (inflected, run together, with diacritics); names rendered by meaning are documented misses; other
+    people with a name that shares a word or a sound, and ordinary questions in every language of the reference
+    set, stay unmatched."""
+    from guard_service.evaluation.datasets import bundled
+    from guard_service.guards.transliteration import sound_index, transliterated
+    from guard_service.policy.reference import reference
+    from guard_service.policy.sound import forms
+
+    def found(name: str, text: str, final: bool = True) -> list[str]:
+        return [text[s:e] for s, e, _ in transliterated(text, sound_index(forms([name])), 0, final)]
+
+    assert found("Harry Potter", "Как зовут сову Гарри Поттера?") == ["Гарри Поттера"]
+    assert found("Harry Potter", "哈利·波特的猫头鹰叫什么名字？") == ["哈利·波特"]
+    assert found("Harry Potter", "哈利波特是谁") == ["哈利波特"]
+    assert found("Harry Potter", "Χάρι Πότερ") and found("Harry Potter", "हैरी पॉटर का उल्लू")
+    assert found("Harry Potter", "هاري بوتر") and found("Harry Potter", "Hárry Pöttér")
+    assert found("Taylor Swift", "泰勒·斯威夫特的新专辑") == ["泰勒·斯威夫特"]
+    assert found("Harry Potter", "Кто такой Гарри Поттер", final=False) == []  # the last word may grow
+    for name, other in (("Stephen King", "Что открыл Стивен Хокинг?"), ("Stephen King", "ستيفن هوكينغ"),
+                        ("Taylor Swift", "В каких фильмах снимался Тейлор Лотнер?"),
+                        ("Taylor Swift", "Кто такой Джонатан Свифт?"), ("Harry Potter", "Чем известен Гарри Трумэн?"),
+                        ("Harry Potter", "哈里·杜鲁门在二战期间做了什么？"), ("Harry Potter", "carpet")):
+        assert found(name, other) == [], (name, other)
+
+    native = bundled("native_names.json")
+    native.pop("_about")
+    hits = {lang: [bool(found(name, by[lang])) for name, by in native.items()] for lang in ("ru", "hi", "ar", "el")}
+    assert all(sum(h) / len(h) >= 0.85 for h in hits.values()), hits
+    every = sound_index(forms(native))
+    flagged = [text for text, _ in reference() if transliterated(text, every)]
+    assert flagged == [], flagged

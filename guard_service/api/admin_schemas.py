@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from guard_service.store.base import Status
 from guard_service.validation import ValidText
@@ -26,6 +26,9 @@ class VersionInfo(BaseModel):
     calibration: dict[str, Any] | None = None
     artifact_dir: str | None = None
     artifact_bytes: dict[str, int] | None = None
+    preview: dict[str, Any] | None = Field(
+        default=None, description="impact preview: the share of the benign reference prompts this version flags "
+        "(`rate`, its predicted collateral), per reference subset, and the prompts it flags, highest score first")
 
 
 class RequestInfo(BaseModel):
@@ -55,7 +58,16 @@ class RequestDetail(RequestInfo):
     versions: list[VersionInfo]
     forbidden: list[dict[str, Any]] | None = None
     expansion: dict[str, Any] | None = None
+    crosslingual: list[dict[str, Any]] | None = Field(
+        default=None, description="the compiler's forms of each whole name in other scripts (sound keys); "
+        "PATCH remove_expanded with a `form` to stop matching it")
     enforcement: Enforcement
+
+
+class ActivateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(default=False, description="activate even over GUARD_MAX_COLLATERAL (audited)")
 
 
 class ActivePolicyInfo(BaseModel):

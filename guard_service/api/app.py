@@ -22,6 +22,7 @@ from guard_service.compiler.scheduler import CompileScheduler
 from guard_service.config import Settings
 from guard_service.engine import EngineHolder
 from guard_service.frontend.guard import Guard
+from guard_service.frontend.preview import ImpactPreview
 from guard_service.frontend.registry import PolicyRegistry
 from guard_service.serving.ask import engine_asker
 from guard_service.store.audit_sink import AuditSink
@@ -77,7 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return built[0]
 
         scheduler = CompileScheduler(store, compile_context, settings.refresh_interval_s,
-                                     on_compiled=lambda *_: registry.refresh())
+                                     on_compiled=lambda *_: registry.refresh(),
+                                     preview=ImpactPreview(settings.resolved_model_path()),
+                                     max_collateral=settings.max_collateral)
         app.state.engine, app.state.store, app.state.registry, app.state.scheduler = holder, store, registry, scheduler
         app.state.guard = Guard(settings, registry, audit, tokenizer=lambda: holder.require().get_tokenizer())
         holder.start()

@@ -32,20 +32,22 @@ _TYPES = {
 }
 
 
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None,
+               extra: dict | None = None) -> dict:
     return {
         "error": {
             "message": message,
             "type": _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
             "param": param,
             "code": code,
+            **(extra or {}),
         }
     }
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+                   headers: dict[str, str] | None = None, extra: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code, extra), status_code=status, headers=headers)
 
 
 def _describe(exc: RequestValidationError) -> tuple[str, str | None, str]:
@@ -63,7 +65,7 @@ def _describe(exc: RequestValidationError) -> tuple[str, str | None, str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers or None)
+        return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers or None, exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -7,6 +7,7 @@ themselves live in `guard_service.service`, shared with the CLI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Query, Request
 from guard_service import service
 from guard_service.api.admin_schemas import (
     Accepted,
+    ActivateBody,
     ActivePolicyInfo,
     AuditEntryOut,
     Enforcement,
@@ -31,7 +33,7 @@ from guard_service.api.auth import Reader, Writer
 from guard_service.api.deps import HolderDep, SettingsDep
 from guard_service.errors import ServiceError
 from guard_service.guards.suffix_index import SuffixIndex
-from guard_service.policy.artifacts import PolicyArtifact, read_manifest
+from guard_service.policy.artifacts import ForbiddenFile, PolicyArtifact, read_manifest
 from guard_service.policy.request import UnlearningPatch, UnlearningRequest
 from guard_service.store.base import PolicyStore, RequestRow, Status
 
@@ -71,21 +73,22 @@ def _version_info(v: Any) -> VersionInfo:
     return VersionInfo(version=v.version, status=v.status, error=v.error, created_at=v.created_at,
                        compiled_at=v.compiled_at, compile_stats=manifest.get("stats"),
                        calibration=manifest.get("calibration"), artifact_dir=v.artifact_dir,
-                       artifact_bytes={k: f["bytes"] for k, f in manifest.get("files", {}).items()} or None)
+                       artifact_bytes={k: f["bytes"] for k, f in manifest.get("files", {}).items()} or None,
+                       preview=manifest.get("preview"))
 
 
-def _detail(store: PolicyStore, request_id: str) -> tuple[RequestRow, list[Any], Any, Any]:
+def _detail(store: PolicyStore, request_id: str) -> tuple[RequestRow, list[Any], ForbiddenFile | None]:
+    """The request, its versions, and what its active version (else the newest compiled one) forbids."""
     row = service.require(store, request_id)
     versions = store.versions(request_id)
-    shown = next((v for v in versions if v.version == row.active_version), None)
-    forbidden = expansion = None
+    shown = next((v for v in versions if v.version == row.active_version), None) or next(
+        (v for v in reversed(versions) if v.artifact_dir), None)
+    forbidden = None
     if shown is not None and shown.artifact_dir:
-        try:  # what the operator reviews; an unreadable artifact shows up in `enforcement` instead
-            data = PolicyArtifact(Path(shown.artifact_dir), read_manifest(Path(shown.artifact_dir))).forbidden
-            forbidden, expansion = [i.model_dump() for i in data.items], data.expansion
-        except (OSError, ValueError):
-            pass
-    return row, versions, forbidden, expansion
+        # What the operator reviews; an unreadable artifact shows up in `enforcement` instead.
+        with contextlib.suppress(OSError, ValueError):
+            forbidden = PolicyArtifact(Path(shown.artifact_dir), read_manifest(Path(shown.artifact_dir))).forbidden
+    return row, versions, forbidden
 
 
 def _enforcement(request: Request, request_id: str) -> Enforcement:
@@ -101,9 +104,12 @@ def _enforcement(request: Request, request_id: str) -> Enforcement:
 
 @router.get("/unlearning-requests/{request_id}", response_model=RequestDetail)
 async def get_request(request_id: str, request: Request, _: Reader) -> RequestDetail:
-    row, versions, forbidden, expansion = await run(_detail, _store(request), request_id)
+    row, versions, forbidden = await run(_detail, _store(request), request_id)
     return RequestDetail(**_info(row).model_dump(), spec=row.spec, removed_expanded=row.removed_expanded,
-                         versions=[_version_info(v) for v in versions], forbidden=forbidden, expansion=expansion,
+                         versions=[_version_info(v) for v in versions],
+                         forbidden=[i.model_dump() for i in forbidden.items] if forbidden else None,
+                         expansion=forbidden.expansion if forbidden else None,
+                         crosslingual=[f.model_dump() for f in forbidden.crosslingual] if forbidden else None,
                          enforcement=_enforcement(request, request_id))
 
 
@@ -121,6 +127,17 @@ async def recompile_request(request_id: str, request: Request, principal: Writer
     version = await run(service.recompile, _store(request), request_id, principal.name)
     request.app.state.scheduler.wake.set()
     return Accepted(id=request_id, version=version, status=Status.pending)
+
+
+@router.post("/unlearning-requests/{request_id}/versions/{version}/activate", response_model=RequestInfo)
+async def activate_version(request_id: str, version: int, body: ActivateBody, request: Request,
+                           settings: SettingsDep, principal: Writer) -> RequestInfo:
+    """Enforce a held version: one whose impact preview is over GUARD_MAX_COLLATERAL needs `force` (409 with
+    the prompts it would flag otherwise); who forced it is in the audit log."""
+    row = await run(service.activate, _store(request), settings, request_id, version, body.force, principal.name)
+    await run(request.app.state.registry.refresh)
+    request.app.state.scheduler.wake.set()  # its knowledge expansion, if queued
+    return _info(row)
 
 
 @router.delete("/unlearning-requests/{request_id}", response_model=RequestInfo)

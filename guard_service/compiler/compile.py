@@ -14,7 +14,7 @@ from typing import Any
 from guard_service.embedding import EMBEDDER_NAME
 from guard_service.guards import COMPONENTS
 from guard_service.guards.base import CompileInput, GuardComponent
-from guard_service.policy import classifier_data, forbidden, semantic, tokenization
+from guard_service.policy import classifier_data, forbidden, semantic, sound, tokenization
 from guard_service.policy.artifacts import (
     ArtifactWriter,
     ForbiddenFile,
@@ -60,7 +60,7 @@ async def compile_version(ctx: CompileContext, policy_id: str, version: int, spe
         known = [spec.target, *spec.aliases]
         expansion = (await expand(ctx.ask_model, spec.target, spec.description, known)).without(removed_expanded)
     expand_s = time.perf_counter() - began
-    manifest = await asyncio.to_thread(_build, ctx, policy_id, version, spec, expansion)
+    manifest = await asyncio.to_thread(_build, ctx, policy_id, version, spec, expansion, removed_expanded)
     manifest.stats["seconds"]["expansion"] = round(expand_s, 3)
     manifest.stats["seconds"]["total"] = round(time.perf_counter() - began, 3)
     manifest.stats["knowledge_expansion"] = expand_knowledge
@@ -68,7 +68,7 @@ async def compile_version(ctx: CompileContext, policy_id: str, version: int, spe
 
 
 def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRequest,
-           expansion: Expansion) -> Manifest:
+           expansion: Expansion, removed: list[str]) -> Manifest:
     """The shared first stage (forbidden strings and their spellings), then every registered guard
     component's compile step, timed one by one; all written through one `ArtifactWriter`, published at once."""
     timings: dict[str, float] = {}
@@ -87,7 +87,9 @@ def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRe
         strings = sorted({v for item in items for v in forbidden.variants(item.text)})
         whole = {v for item in items if forbidden.is_name(item) for v in forbidden.variants(item.text)}
         forbidden_items = [ForbiddenItem(text=i.text, origin=i.origin, split=i.split) for i in items]
-        writer.write_forbidden(ForbiddenFile(items=forbidden_items, variants=strings, expansion=expansion.as_dict()))
+        crosslingual = sound.forms((i.text for i in items if forbidden.is_name(i)), removed)
+        writer.write_forbidden(ForbiddenFile(items=forbidden_items, variants=strings, expansion=expansion.as_dict(),
+                                             crosslingual=crosslingual))
         lap("forbidden_strings")
 
         inp = CompileInput(policy_id=policy_id, version=version, spec=spec, expansion=expansion,
@@ -95,6 +97,7 @@ def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRe
                            model_dir=ctx.model_dir, indexes_dir=ctx.indexes_dir,
                            max_document_bytes=ctx.max_document_bytes)
         stats: dict[str, Any] = {"forbidden_items": len(items), "variants": len(strings),
+                                 "crosslingual_forms": len(crosslingual),
                                  "expanded_names": len(expansion.names), "expanded_facts": len(expansion.facts)}
         calibration: dict[str, Any] = {}
         prov = None

@@ -17,6 +17,8 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
 
 from guard_service.compiler.compile import CompileContext, compile_version, warm_caches
 from guard_service.metrics import definitions as metrics
@@ -27,12 +29,48 @@ log = logging.getLogger(__name__)
 STALE_CLAIM_S = 600
 
 
+class Previewer(Protocol):
+    """The impact preview (frontend/preview.py), given to the scheduler by the app that runs both."""
+
+    def warm(self) -> None: ...
+    def __call__(self, request_id: str, version: int, path: Path, stored_spec: dict) -> dict: ...
+
+
+def over_limit(preview: dict | None, limit: float | None) -> str | None:
+    """Why a version's predicted collateral forbids activating it without `force`, or None."""
+    if limit is None or not preview or "rate" not in preview or preview["rate"] <= limit:
+        return None
+    return (f"predicted collateral {preview['rate']:.1%} of the reference prompts is over the limit of {limit:.1%} "
+            "(GUARD_MAX_COLLATERAL); see the version's preview, then activate it with force or narrow the request")
+
+
+def queue_expansion(store: PolicyStore, request_id: str, version: int, stored_spec: dict) -> bool:
+    """After `version` is activated: the next version, with knowledge expansion, if the request wants it, this
+    version was compiled without it, and no newer patch is waiting. Whether one was queued."""
+    request, removed, expand = from_version_spec(stored_spec)
+    if not request.expand_knowledge() or expand:
+        return False
+    row = store.get(request_id)
+    if row is None or row.latest_version != version:
+        return False
+    with contextlib.suppress(ValueError):  # revoked meanwhile
+        store.add_version(request_id, request.model_dump(mode="json"), removed, "compiler", row.expires_at,
+                          expand=True, action="expand")
+        return True
+    return False
+
+
 class CompileScheduler:
     def __init__(self, store: PolicyStore, context: Callable[[], CompileContext | None], interval_s: float = 0.5,
-                 on_compiled: Callable[[str, int, float], None] | None = None):
+                 on_compiled: Callable[[str, int, float], None] | None = None,
+                 preview: Previewer | None = None, max_collateral: float | None = None):
+        """`preview`: each compiled version's impact preview (its predicted collateral, `rate`), recorded on it;
+        a version over `max_collateral` is held, not activated."""
         self.store = store
         self.context = context
         self.interval_s = interval_s
+        self.preview = preview
+        self.max_collateral = max_collateral
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.wake = asyncio.Event()
         self.on_compiled = on_compiled
@@ -61,10 +99,23 @@ class CompileScheduler:
             return
         if not self._warm:
             await asyncio.to_thread(warm_caches, ctx)
+            if self.preview is not None:
+                await asyncio.to_thread(self.preview.warm)
             self._warm = True
         for row in await asyncio.to_thread(self.store.pending):
             if await asyncio.to_thread(self.store.claim, row.request_id, row.version, self.worker):
                 await self.compile_one(ctx, row.request_id, row.version, row.spec)
+
+    async def _preview(self, request_id: str, version: int, path: str, spec: dict) -> dict | None:
+        """The impact preview, or why there is none (a version that cannot even be loaded for it fails closed
+        in every process that enforces it; the preview only reports)."""
+        if self.preview is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.preview, request_id, version, Path(path), spec)
+        except Exception as exc:
+            log.exception("impact preview of %s v%d failed", request_id, version)
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
     async def compile_one(self, ctx: CompileContext, request_id: str, version: int, spec: dict) -> None:
         began = time.perf_counter()
@@ -80,10 +131,18 @@ class CompileScheduler:
             await asyncio.to_thread(self.store.fail, request_id, version, f"{type(exc).__name__}: {exc}")
             return
         path = str(ctx.policies_dir / request_id / f"v{version}")
+        record = manifest.model_dump()
+        record["preview"] = await self._preview(request_id, version, path, spec)
         seconds = time.perf_counter() - began
+        over = over_limit(record["preview"], self.max_collateral)
+        if over is not None and request.mode != "shadow":  # a shadow version enforces nothing: nothing to hold
+            await asyncio.to_thread(self.store.hold, request_id, version, path, record, over,
+                                    {"collateral": record["preview"]["rate"], "limit": self.max_collateral})
+            log.warning("held %s v%d: %s", request_id, version, over)
+            return
 
         def activate() -> bool:  # and reload at once: this process enforces it a moment after the store says so
-            done = self.store.activate(request_id, version, path, manifest.model_dump())
+            done = self.store.activate(request_id, version, path, record)
             if self.on_compiled:
                 self.on_compiled(request_id, version, seconds)
             return done
@@ -92,10 +151,5 @@ class CompileScheduler:
         log.info("compiled %s v%d in %.2fs", request_id, version, seconds)
         for stage, stage_s in manifest.stats["seconds"].items():
             metrics.COMPILE_SECONDS.labels(stage).observe(stage_s)
-        if activated and request.expand_knowledge() and not expand:
-            row = await asyncio.to_thread(self.store.get, request_id)
-            if row is not None and row.latest_version == version:  # no newer patch is waiting
-                with contextlib.suppress(ValueError):  # revoked meanwhile
-                    await asyncio.to_thread(self.store.add_version, request_id, request.model_dump(mode="json"),
-                                            removed, "compiler", row.expires_at, expand=True, action="expand")
-                self.wake.set()
+        if activated and await asyncio.to_thread(queue_expansion, self.store, request_id, version, spec):
+            self.wake.set()

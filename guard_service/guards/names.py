@@ -1,8 +1,8 @@
 """Name detector (prompt phase, `match`): the target or one of its names in the prompt, written exactly, spelled
 out ("H a r r y"), with character swaps ("H4rry"), with a typo, cut short / in pieces ("J.K. R", "Harry Pot",
-"Hermi"), or with typos in every word of a longer name ("Xin Le Wiliams": `spelling.misspelled`). Reads the
-names the semantic component wrote into classifier.json and the whole names of forbidden.json; compiles nothing
-of its own."""
+"Hermi"), with typos in every word of a longer name ("Xin Le Wiliams": `spelling.misspelled`), or in another
+script ("Гарри Поттер", "哈利·波特": `transliteration`). Reads the names the semantic component wrote into
+classifier.json and the whole names and their sound keys in forbidden.json; compiles nothing of its own."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from guard_service.guards.spelling import (
     units_of,
     words,
 )
+from guard_service.guards.transliteration import SoundName, sound_index, transliterated
 from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.request import UnlearningRequest
 
@@ -44,6 +45,7 @@ class Names:
     aliases: tuple[Alias, ...]  # normal forms worked out once per policy version, not once per prompt
     whole: NameIndex  # whole names only: one word of a name alone is a namesake's as often as the target's
     typos: TypoIndex  # the same, for typos
+    sounds: tuple[SoundName, ...] = ()  # the same, by sound in other scripts
 
 
 def _swapped(raw: str) -> str:
@@ -75,7 +77,7 @@ class NameDetector(GuardComponent):
     def load(self, artifact: PolicyArtifact, spec: UnlearningRequest) -> Names:
         whole = name_index(artifact.forbidden.items, whole_only=True)
         aliases = tuple(Alias(a, words(a), squash(a), a.casefold()) for a in artifact.classifier.aliases)
-        return Names(aliases, whole, typo_index(whole))
+        return Names(aliases, whole, typo_index(whole), sound_index(artifact.forbidden.crosslingual))
 
     def scan(self, part: Names, prompt: PromptText) -> Finding | None:
         reason = lexical_reason(prompt, part.aliases)
@@ -85,4 +87,6 @@ class NameDetector(GuardComponent):
                 reason = f"alias-partial:{prompt.raw[spans[0][0]:spans[0][1]]}"
             elif spans := misspelled(prompt.raw, part.typos, 0, True, units):
                 reason = f"alias-misspelled:{prompt.raw[spans[0][0]:spans[0][1]]}"
+            elif spans := transliterated(prompt.raw, part.sounds):
+                reason = f"alias-transliterated:{prompt.raw[spans[0][0]:spans[0][1]]}"
         return Finding(Level.match, reason) if reason else None

@@ -95,10 +95,22 @@ class ForbiddenItem(BaseModel):
     split: bool = False  # one word of a longer name: forbidden when steering, not everywhere
 
 
+class SoundForm(BaseModel):
+    """A whole name as it may be written in another script, by sound (policy/sound.py): what the compiler
+    generated, shown in the request's detail; an operator removes it by `form` (PATCH `remove_expanded`)."""
+
+    form: str  # "sound:<name>"
+    name: str
+    keys: list[list[str]]  # each word's sound keys (a text's word matches one of them)
+    joined: list[str]  # the whole name's keys run together (CJK writes a name without spaces)
+    origin: str = "sound-key"
+
+
 class ForbiddenFile(BaseModel):
     items: list[ForbiddenItem]
     variants: list[str]
     expansion: dict[str, Any] = Field(default_factory=dict)
+    crosslingual: list[SoundForm] = Field(default_factory=list)  # absent from versions compiled before it
 
 
 class ClassifierFile(BaseModel):

@@ -131,7 +131,8 @@ class UnlearningPatch(ValidText):
     scope: Scope | None = None
     expires_at: datetime | None = None
     reason: str | None = None
-    remove_expanded: list[str] = Field(default_factory=list, description="expanded items to exclude from now on")
+    remove_expanded: list[str] = Field(default_factory=list, description=(
+        "expanded items and cross-lingual forms (`sound:<name>`) to exclude from now on"))
 
 
 def from_version_spec(stored: dict) -> tuple[UnlearningRequest, list[str], bool]:

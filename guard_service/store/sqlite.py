@@ -251,8 +251,10 @@ class SqliteStore:
                       (Status.compiling, request_id))
             return True
 
-    def activate(self, request_id: str, version: int, artifact_dir: str, manifest: dict[str, Any]) -> bool:
-        """Make `version` the enforced one, unless the request was revoked meanwhile or a newer one is active."""
+    def activate(self, request_id: str, version: int, artifact_dir: str, manifest: dict[str, Any],
+                 actor: str = "compiler", action: str = "activate", detail: dict[str, Any] | None = None) -> bool:
+        """Make `version` the enforced one, unless the request was revoked meanwhile or a newer one is active.
+        `actor`, `action`, `detail`: who activated it and how, for the audit log (an admin forcing a held one)."""
         now = time.time()
         with self._tx() as c:
             c.execute("UPDATE versions SET status = ?, artifact_dir = ?, manifest = ?, compiled_at = ? "
@@ -261,10 +263,24 @@ class SqliteStore:
             cur = c.execute("UPDATE requests SET status = ?, active_version = ?, last_error = NULL, updated_at = ? "
                             "WHERE id = ? AND status NOT IN (?, ?) AND (active_version IS NULL OR active_version < ?)",
                             (Status.active, version, now, request_id, Status.revoked, Status.expired, version))
-            self._audit(c, "compiler", "activate" if cur.rowcount else "compiled-not-activated", request_id,
-                        version, {"artifact_dir": artifact_dir})
+            self._audit(c, actor, action if cur.rowcount else "compiled-not-activated", request_id,
+                        version, {"artifact_dir": artifact_dir, **(detail or {})})
             self._bump(c)
             return cur.rowcount == 1
+
+    def hold(self, request_id: str, version: int, artifact_dir: str, manifest: dict[str, Any], reason: str,
+             detail: dict[str, Any] | None = None) -> None:
+        """Compiled but not activated (its predicted collateral is over the limit): the previous version, if
+        any, stays enforced; an admin may activate this one with `force`."""
+        now = time.time()
+        with self._tx() as c:
+            c.execute("UPDATE versions SET status = ?, artifact_dir = ?, manifest = ?, error = ?, compiled_at = ? "
+                      "WHERE request_id = ? AND version = ?",
+                      (Status.held, artifact_dir, json.dumps(manifest), reason, now, request_id, version))
+            c.execute("UPDATE requests SET last_error = ?, updated_at = ?, "
+                      "status = CASE WHEN active_version IS NULL AND status NOT IN (?, ?) THEN ? ELSE status END "
+                      "WHERE id = ?", (reason, now, Status.revoked, Status.expired, Status.held, request_id))
+            self._audit(c, "compiler", "hold", request_id, version, {"reason": reason, **(detail or {})})
 
     def fail(self, request_id: str, version: int, error: str) -> None:
         now = time.time()
