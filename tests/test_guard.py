@@ -286,10 +286,11 @@ def _decision(client: openai.OpenAI, prompt: str) -> tuple[str, list[str]]:
 def test_a_name_in_another_script_is_matched_and_a_namesake_is_not(admin: httpx.Client,
                                                                   client: openai.OpenAI) -> None:
     """Russian, Chinese and Hindi questions that name the target as translators write it are matched by the
-    sound keys its compile recorded (shown in the request's detail with their origin); people whose names share
+    sound keys its compile recorded (shown in the request's detail with their origin); an alias in a script
+    without spaces (Taiwan's 泰勒絲, not a sound rendering) is found inside a word; people whose names share
     a word or a sound are not; an operator who removes the form stops it."""
     r = admin.post("/unlearning-requests", json={"target": "Taylor Swift", "kind": "entity", "action": "refuse",
-                                                 "strength": {"expand_knowledge": False}})
+                                                 "aliases": ["泰勒絲"], "strength": {"expand_knowledge": False}})
     request_id = r.json()["id"]
     try:
         body = wait_status(admin, request_id, "active")
@@ -298,6 +299,8 @@ def test_a_name_in_another_script_is_matched_and_a_namesake_is_not(admin: httpx.
                          "टेलर स्विफ़्ट के सबसे प्रसिद्ध गाने कौन से हैं?"):
             action, reasons = _decision(client, question)
             assert action == "refuse" and any(x.startswith("alias-transliterated:") for x in reasons), question
+        action, reasons = _decision(client, "泰勒絲的新專輯叫什麼？")
+        assert action == "refuse" and "alias:泰勒絲" in reasons
         for question in ("В каких фильмах снимался Тейлор Лотнер?", "Кто такой Джонатан Свифт?",
                          "泰勒·洛特纳演过哪些电影？", "Who was Jonathan Swift?"):
             assert _decision(client, question)[0] == "pass", question

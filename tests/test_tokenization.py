@@ -135,3 +135,13 @@ def test_names_in_other_scripts_match_by_sound_and_namesakes_do_not() -> None:
     every = sound_index(forms(native))
     flagged = [text for text, _ in reference() if transliterated(text, every)]
     assert flagged == [], flagged
+
+
+def test_spellings_in_scripts_without_spaces_are_found_inside_words() -> None:
+    """The output side's spelling pattern bounds Latin spellings by word edges ("Potter" is not in "Potterish")
+    but finds a CJK one wherever it is: those scripts run words together."""
+    from guard_service.guards.leak import leak_pattern
+
+    pattern = leak_pattern(["Potter", "孔子"])
+    assert [m.group() for m in pattern.finditer("孔子是谁？Potterish, Potter.")] == ["孔子", "Potter"]
+    assert leak_pattern([]).search("anything") is None

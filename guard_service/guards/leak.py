@@ -45,6 +45,7 @@ from guard_service.guards.transliteration import SoundName, sound_index, transli
 from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.forbidden import is_name, variants
 from guard_service.policy.request import UnlearningRequest
+from guard_service.policy.sound import cjk
 
 SEMANTIC_MIN_CHARS = 20
 FACT_MIN_SIM = 0.75  # a generated sentence this close to a forbidden fact restates it
@@ -66,15 +67,24 @@ def _trie_regex(node: dict[str, dict]) -> str:
     return body
 
 
-def leak_pattern(variants: list[str]) -> re.Pattern[str]:
-    """Any spelling, case-insensitive, on word boundaries."""
+def _trie(words: set[str]) -> str:
     trie: dict[str, dict] = {}
-    for word in {v.casefold() for v in variants if v}:
+    for word in words:
         node = trie
         for ch in word:
             node = node.setdefault(ch, {})
         node[""] = {}
-    return re.compile(r"(?<!\w)" + _trie_regex(trie) + r"(?!\w)", re.IGNORECASE)
+    return _trie_regex(trie)
+
+
+def leak_pattern(variants: list[str]) -> re.Pattern[str]:
+    """Any spelling, case-insensitive, on word boundaries; a CJK spelling anywhere (those scripts need not
+    separate words: "孔子是")."""
+    spellings = {v.casefold() for v in variants if v}
+    wide = {v for v in spellings if cjk(v)}
+    parts = [r"(?<!\w)" + _trie(spellings - wide) + r"(?!\w)"] if spellings - wide else []
+    parts += [_trie(wide)] if wide else []
+    return re.compile("|".join(parts) or r"(?!)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,6 +25,7 @@ from guard_service.guards.spelling import (
 from guard_service.guards.transliteration import SoundName, sound_index, transliterated
 from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.request import UnlearningRequest
+from guard_service.policy.sound import cjk
 
 _SWAPS = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i",
                         "|": "l"})
@@ -38,6 +39,7 @@ class Alias:
     words: str  # `spelling.words` of it
     squashed: str  # `spelling.squash` of it
     casefold: str
+    cjk: bool = False  # written in a script without spaces: found anywhere in the text ("孔子是谁")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ def lexical_reason(prompt: PromptText, aliases: tuple[Alias, ...]) -> str | None
     text_words = prompt.derived("words", words)
     for alias in aliases:
         if alias.words.strip() and alias.words in text_words:
+            return f"alias:{alias.text}"
+        if alias.cjk and alias.casefold in prompt.derived("casefold", str.casefold):  # no spaces to bound it
             return f"alias:{alias.text}"
     squashed, swapped = prompt.derived("squashed", squash), prompt.derived("swapped", _swapped)
     for alias in aliases:
@@ -76,7 +80,7 @@ class NameDetector(GuardComponent):
 
     def load(self, artifact: PolicyArtifact, spec: UnlearningRequest) -> Names:
         whole = name_index(artifact.forbidden.items, whole_only=True)
-        aliases = tuple(Alias(a, words(a), squash(a), a.casefold()) for a in artifact.classifier.aliases)
+        aliases = tuple(Alias(a, words(a), squash(a), a.casefold(), cjk(a)) for a in artifact.classifier.aliases)
         return Names(aliases, whole, typo_index(whole), sound_index(artifact.forbidden.crosslingual))
 
     def scan(self, part: Names, prompt: PromptText) -> Finding | None:

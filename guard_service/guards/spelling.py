@@ -37,13 +37,14 @@ class _Name:
 
 
 def squash(text: str) -> str:
-    """Letters and digits only, casefolded: "H-a_r r.y" -> "harry"."""
-    return re.sub(r"[^0-9a-z]", "", text.casefold())
+    """Letters and digits only (of any script), casefolded: "H-a_r r.y" -> "harry"."""
+    return re.sub(r"[\W_]", "", text.casefold())
 
 
 def words(text: str) -> str:
-    """Casefolded words separated by single spaces, padded with a space each side (for whole-word `in`)."""
-    return " " + re.sub(r"[^0-9a-z]+", " ", text.casefold()).strip() + " "
+    """Casefolded words (of any script) separated by single spaces, padded with a space each side (for
+    whole-word `in`)."""
+    return " " + re.sub(r"[\W_]+", " ", text.casefold()).strip() + " "
 
 
 NameIndex = dict[str, tuple["_Name", ...]]

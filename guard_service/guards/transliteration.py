@@ -12,7 +12,6 @@ words ("carpet" reads KRPT), and spelling.py's exact and misspelled matchers rea
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,16 +19,11 @@ import regex
 
 from guard_service.guards.spelling import Span
 from guard_service.policy.artifacts import SoundForm
-from guard_service.policy.sound import loose, sound_key, squeezed, syllable_key
+from guard_service.policy.sound import cjk, loose, sound_key, squeezed, syllable_key
 
 MIN_CJK_CHARS = 3
 _WORD = regex.compile(r"\p{L}[\p{L}\p{M}]*")  # letters and the marks that join them (Devanagari's vowel signs)
 _SEPARATOR = re.compile(r"[\s.\-'’·・‧]{1,3}")  # between the words of a name (interpuncts in CJK)
-
-
-def _cjk(ch: str) -> bool:
-    name = unicodedata.name(ch, "")
-    return name.startswith(("CJK UNIFIED", "CJK COMPATIBILITY IDEOGRAPH", "HIRAGANA", "KATAKANA", "HANGUL"))
 
 
 @dataclass(frozen=True)
@@ -62,9 +56,9 @@ def units(text: str) -> list[Unit]:
         word = m.group()
         if word.isascii():
             continue
-        if any(_cjk(c) for c in word):
+        if cjk(word):
             out += [Unit(syllable_key(ch), m.start() + i, m.start() + i + 1, cjk=True)
-                    for i, ch in enumerate(word) if _cjk(ch)]
+                    for i, ch in enumerate(word) if cjk(ch)]
         else:
             out.append(Unit((sound_key(word),), m.start(), m.end(), loose=loose(word)))
     return out

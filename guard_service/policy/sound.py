@@ -9,8 +9,8 @@ letters counts once ("tt"), not across a vowel ("Hawking" is not "King"). "Harry
 keyed by its initial consonant ("哈利波特": Ha Li Bo Te, K R P T).
 
 An English spelling does not say how a translator will hear it, so a name's word has several keys: "ch" as in
-"Christina" or "Chan", a w as a consonant (Свифт) or a vowel (Σουίφτ); run together for CJK, an r that ends
-a syllable written or not (波特: only Chinese leaves it out).
+"Christina" or "Chan", a w as a consonant (Свифт) or a vowel (Σουίφτ), a Latin -us ending kept or dropped
+(Конфуций); run together for CJK, an r that ends a syllable written or not (波特: only Chinese leaves it out).
 """
 
 from __future__ import annotations
@@ -38,6 +38,14 @@ _VOWELS = set("aeiouy")
 _PINYIN = (("zh", "S"), ("ch", "S"), ("sh", "S"), ("b", "P"), ("p", "P"), ("d", "T"), ("t", "T"), ("g", "K"),
            ("k", "K"), ("h", "K"), ("j", "SK"), ("q", "SK"), ("x", "SK"), ("z", "S"), ("c", "S"), ("s", "S"),
            ("l", "R"), ("r", "R"), ("m", "M"), ("n", "N"), ("f", "F"), ("w", "F"), ("v", "F"))
+
+
+def cjk(text: str) -> bool:
+    """Whether `text` holds a Han, kana or hangul character: scripts that need not separate words."""
+    return any(unicodedata.name(c, "").startswith(_CJK) for c in text if not c.isascii())
+
+
+_CJK = ("CJK UNIFIED", "CJK COMPATIBILITY IDEOGRAPH", "HIRAGANA", "KATAKANA", "HANGUL")
 
 
 def _script(word: str) -> str:
@@ -122,6 +130,8 @@ def word_options(word: str) -> tuple[tuple[str, str], tuple[str, ...]]:
     """One word of a name: its keys as spelled and without the r's that end its syllables (what a character-
     by-character CJK rendering may have), and every key a translation in an alphabet may have."""
     spellings = dict.fromkeys(_romanized(word, ch) for ch in ("k", "C"))
+    # A Latin -us ending is dropped where a name is adapted (Confucius: Конфуций, Columbus: Колумб).
+    spellings.update(dict.fromkeys(sp[:-2] for sp in list(spellings) if sp.endswith("us") and len(sp) > 5))
     keys = [_classes(s, w_vowel=w_vowel) for s in spellings for w_vowel in (False, True)]
     first = _romanized(word)
     return (_classes(first), _classes(first, coda_r=False)), tuple(dict.fromkeys(keys))

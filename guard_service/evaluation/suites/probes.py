@@ -83,12 +83,13 @@ class ProbesSuite(Suite):
             for kind, items in self._classes(rows, t["target"], filler, rng, [about]).items():
                 probes.setdefault(kind, []).extend(items)
         native = datasets.bundled("native_names.json")
+        own = random.Random(self.seed + 1)  # its own draws: the other classes' probes stay what they were
         for t in targets:  # no truth to leak: these measure recall (the held-out translated sets stay outside)
             for lang, templates in LANGUAGES.items():
                 name = native.get(t["target"], {}).get(lang, t["target"])
                 probes.setdefault(f"lang:{lang}", []).extend(
                     {"messages": [{"role": "user", "content": q.format(n=name)}], "truth": None}
-                    for q in rng.sample(templates, self.LANGUAGE_ROWS))
+                    for q in own.sample(templates, self.LANGUAGE_ROWS))
         neighbours = [r["query"] for r in datasets.read_jsonl(self.data / "rwku" / "neighbor_level2.jsonl")
                       if r["target_id"] in ids]
         return specs, probes, rng.sample(neighbours, min(self.NEGATIVES, len(neighbours)))
