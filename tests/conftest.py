@@ -158,3 +158,48 @@ def audit_until(admin: httpx.Client, actions: set[str], timeout: float = 10) -> 
         if actions <= {a["action"] for a in rows} or time.monotonic() > deadline:
             return rows
         time.sleep(0.1)
+
+
+def _postgres_bin() -> Path | None:
+    """Debian's PostgreSQL server binaries (not on PATH: /usr/lib/postgresql/<major>/bin)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A real PostgreSQL server for the session, on a free port (initdb refuses root: run as `postgres`);
+    yields the URL of its maintenance database. Each test makes its own database (`fresh_database`)."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("Debian's postgresql not installed (make test installs it where it can)")
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="guard-postgres-"))  # pytest's own temp root is closed to other users
+    data, port = root / "data", free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", "postgres", str(root)], check=True)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    for step in ([str(bin_dir / "initdb"), "-D", str(data), "-U", "guard", "--auth=trust", "-E", "UTF8"],
+                 [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                  f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200", "start"]):
+        done = subprocess.run([*as_user, *step], capture_output=True, text=True)
+        assert done.returncode == 0, f"{step[0]} failed: {done.stdout}{done.stderr}"
+    try:
+        yield f"postgresql://guard@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def fresh_database(postgres: str, name: str) -> str:
+    """A new, empty database on the session's server; its URL."""
+    import psycopg
+
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return postgres.rsplit("/", 1)[0] + "/" + name

@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         scheduler = CompileScheduler(store, compile_context, settings.refresh_interval_s,
                                      on_compiled=lambda *_: registry.refresh(),
                                      preview=ImpactPreview(settings.resolved_model_path()),
-                                     max_collateral=settings.max_collateral)
+                                     max_collateral=settings.max_collateral, lease_s=settings.compile_lease_s)
         app.state.engine, app.state.store, app.state.registry, app.state.scheduler = holder, store, registry, scheduler
         app.state.guard = Guard(settings, registry, audit, tokenizer=lambda: holder.require().get_tokenizer())
         holder.start()

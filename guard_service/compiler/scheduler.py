@@ -26,7 +26,6 @@ from guard_service.policy.request import from_version_spec
 from guard_service.store.base import PolicyStore
 
 log = logging.getLogger(__name__)
-STALE_CLAIM_S = 600
 
 
 class Previewer(Protocol):
@@ -63,10 +62,14 @@ def queue_expansion(store: PolicyStore, request_id: str, version: int, stored_sp
 class CompileScheduler:
     def __init__(self, store: PolicyStore, context: Callable[[], CompileContext | None], interval_s: float = 0.5,
                  on_compiled: Callable[[str, int, float], None] | None = None,
-                 preview: Previewer | None = None, max_collateral: float | None = None):
+                 preview: Previewer | None = None, max_collateral: float | None = None, lease_s: float = 30.0):
         """`preview`: each compiled version's impact preview (its predicted collateral, `rate`), recorded on it;
-        a version over `max_collateral` is held, not activated."""
+        a version over `max_collateral` is held, not activated. `lease_s`: a compile claim is a lease this
+        long, renewed while compiling; one not renewed (its process died) goes back to pending for any
+        replica."""
         self.store = store
+        self.lease_s = lease_s
+        self._swept = 0.0
         self.context = context
         self.interval_s = interval_s
         self.preview = preview
@@ -77,7 +80,6 @@ class CompileScheduler:
         self._warm = False
 
     async def run(self) -> None:
-        await asyncio.to_thread(self.store.release_stale_claims, STALE_CLAIM_S)
         while True:
             try:
                 await self.tick()
@@ -94,6 +96,11 @@ class CompileScheduler:
         expired = await asyncio.to_thread(self.store.expire_due)
         if expired:
             log.info("expired policies: %s", expired)
+        if time.monotonic() - self._swept >= self.lease_s / 2:  # the sweep: leases their holders stopped renewing
+            released = await asyncio.to_thread(self.store.release_stale_claims, self.lease_s)
+            self._swept = time.monotonic()
+            if released:
+                log.warning("released %d compile claims whose lease ran out", released)
         ctx = self.context()
         if ctx is None:  # engine not ready yet: its tokenizer is the compile target
             return
@@ -117,14 +124,31 @@ class CompileScheduler:
             log.exception("impact preview of %s v%d failed", request_id, version)
             return {"error": f"{type(exc).__name__}: {exc}"}
 
+    async def _heartbeat(self, request_id: str, version: int) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                if not await asyncio.to_thread(self.store.renew, request_id, version, self.worker):
+                    log.warning("compile lease of %s v%d lost to another replica", request_id, version)
+                    return
+            except Exception:  # a busy store: try again at the next beat, before the lease runs out
+                log.exception("cannot renew the compile lease of %s v%d", request_id, version)
+
     async def compile_one(self, ctx: CompileContext, request_id: str, version: int, spec: dict) -> None:
+        beat = asyncio.create_task(self._heartbeat(request_id, version), name="compile-lease")
+        try:
+            await self._compile_one(ctx, request_id, version, spec)
+        except asyncio.CancelledError:  # shutting down: give the compile back for another process
+            await asyncio.shield(asyncio.to_thread(self.store.release, request_id, version, self.worker))
+            raise
+        finally:
+            beat.cancel()
+
+    async def _compile_one(self, ctx: CompileContext, request_id: str, version: int, spec: dict) -> None:
         began = time.perf_counter()
         try:
             request, removed, expand = from_version_spec(spec)
             manifest = await compile_version(ctx, request_id, version, request, removed, expand)
-        except asyncio.CancelledError:
-            self.store.fail(request_id, version, "compile cancelled (server shutting down)")
-            raise
         except Exception as exc:
             log.exception("compile of %s v%d failed", request_id, version)
             metrics.COMPILE_FAILURES.inc()

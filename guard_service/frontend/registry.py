@@ -181,7 +181,17 @@ class PolicyRegistry:
         return list(self.failed.values())
 
     async def run(self) -> None:
+        """Reload on every change the store pushes (PostgreSQL's notifications) and, as the fallback, every
+        `interval_s`."""
+        loop, changed = asyncio.get_running_loop(), asyncio.Event()
+
+        def wake() -> None:  # from the store's listener thread
+            with contextlib.suppress(RuntimeError):  # the loop closed: shutting down
+                loop.call_soon_threadsafe(changed.set)
+
+        self.store.watch(wake)
         while True:
+            changed.clear()
             try:
                 await asyncio.to_thread(self.refresh)
                 await self._announce()
@@ -189,7 +199,8 @@ class PolicyRegistry:
                 raise
             except Exception:
                 log.exception("policy refresh failed")
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), self.interval_s)
 
     async def _announce(self) -> None:
         fresh = [p.key for p in self.active() if p.key not in self._announced]

@@ -1,4 +1,5 @@
-"""The policy store's contract: what every backend (`sqlite:///…` today) stores and answers, as a Protocol
+"""The policy store's contract: what every backend (`sqlite:///…` on one box, `postgresql://…` for replicas on
+several machines) stores and answers, as a Protocol
 with its row models, and `open_store(url)` to pick one. Everything above the store (service, compiler, registry,
 audit sink, API) uses only this.
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,6 +119,7 @@ class PolicyStore(Protocol):
     def version(self, request_id: str, version: int) -> VersionRow | None: ...
     def active(self) -> list[tuple[RequestRow, VersionRow]]: ...
     def generation(self) -> int: ...
+    def watch(self, on_change: Callable[[], None]) -> None: ...
 
     # compiling
     def pending(self) -> list[VersionRow]: ...
@@ -128,6 +130,8 @@ class PolicyStore(Protocol):
              detail: dict[str, Any] | None = None) -> None: ...
     def fail(self, request_id: str, version: int, error: str) -> None: ...
     def release_stale_claims(self, older_than_s: float) -> int: ...
+    def renew(self, request_id: str, version: int, worker: str) -> bool: ...
+    def release(self, request_id: str, version: int, worker: str) -> bool: ...
     def note_load_error(self, request_id: str, version: int, error: str, actor: str) -> bool: ...
 
     # audit
@@ -147,7 +151,12 @@ def open_store(url: str, busy_timeout_s: float = 10.0, base_dir: Path | None = N
 
         path = Path(rest[1:])
         return SqliteStore(path if path.is_absolute() else (base_dir or Path.cwd()) / path, busy_timeout_s)
-    raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///relative/path or sqlite:////absolute/path")
+    if sep and scheme in ("postgresql", "postgres"):
+        from guard_service.store.postgres import PostgresStore
+
+        return PostgresStore(url, busy_timeout_s)
+    raise ValueError(f"unsupported store URL {scheme + sep if sep else url!r}: expected sqlite:///relative/path, "
+                     "sqlite:////absolute/path or postgresql://user@host:port/database")
 
 
 def open_configured(settings: Settings) -> PolicyStore:

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -344,15 +344,35 @@ class SqliteStore:
                                 action="recompile")
 
     def release_stale_claims(self, older_than_s: float) -> int:
-        """Compiles claimed by a process that died go back to pending."""
+        """Compile leases not renewed for `older_than_s` (their process died) go back to pending."""
         with self._tx() as c:
             return c.execute("UPDATE versions SET status = ?, claimed_by = NULL WHERE status = ? AND claimed_at < ?",
                              (Status.pending, Status.compiling, time.time() - older_than_s)).rowcount
+
+    def renew(self, request_id: str, version: int, worker: str) -> bool:
+        """The compile lease's heartbeat; False once it is no longer `worker`'s (swept and taken over)."""
+        with self._tx() as c:
+            return c.execute("UPDATE versions SET claimed_at = ? WHERE request_id = ? AND version = ? "
+                             "AND status = ? AND claimed_by = ?",
+                             (time.time(), request_id, version, Status.compiling, worker)).rowcount == 1
+
+    def release(self, request_id: str, version: int, worker: str) -> bool:
+        """Give a compile back (a process shutting down): pending again, for another process to take."""
+        with self._tx() as c:
+            cur = c.execute("UPDATE versions SET status = ?, claimed_by = NULL, claimed_at = NULL "
+                            "WHERE request_id = ? AND version = ? AND status = ? AND claimed_by = ?",
+                            (Status.pending, request_id, version, Status.compiling, worker))
+            if cur.rowcount:
+                self._audit(c, worker, "compile-released", request_id, version)
+            return cur.rowcount == 1
 
     # ---- reads ---------------------------------------------------------------------------------
 
     def generation(self) -> int:
         return self._query("SELECT value FROM meta WHERE key = 'generation'")[0]["value"]
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        """SQLite cannot tell another process's change: the registry's poll of `generation` finds it."""
 
     def get(self, request_id: str) -> RequestRow | None:
         rows = self._query("SELECT * FROM requests WHERE id = ?", (request_id,))

@@ -1,0 +1,96 @@
+"""Two replicas on one box sharing a real PostgreSQL store (as on several machines): a request made on one is
+enforced by the other, every change reaches it by push within a second, and a revocation stops it there too."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, fresh_database, start_server, stop_server
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def replicas(postgres: str, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Server]:
+    root = tmp_path_factory.mktemp("replicas")
+    env = {"GUARD_STORE_URL": fresh_database(postgres, "replicas"), "GUARD_POLICIES_DIR": str(root / "policies"),
+           "GUARD_GPU_MEMORY_UTILIZATION": "0.12", "GUARD_MAX_MODEL_LEN": "512"}
+    servers: dict[str, Server] = {}
+    errors: list[BaseException] = []
+
+    def start(name: str) -> None:
+        try:
+            (root / name).mkdir()
+            servers[name] = start_server(root / name, env)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        yield [servers["a"], servers["b"]]
+    finally:
+        for server in servers.values():
+            stop_server(server)
+
+
+def _detail(server: Server, request_id: str) -> dict:
+    return httpx.get(f"{server.base_url}/admin/v1/unlearning-requests/{request_id}", headers=ADMIN).json()
+
+
+def _action(server: Server, prompt: str) -> str:
+    client = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL_NAME, max_tokens=1, temperature=0, messages=[{"role": "user", "content": prompt}])
+    return raw.headers["x-guard-action"]
+
+
+def _enforced_at(server: Server, request_id: str, version: int, timeout: float = 60) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = _detail(server, request_id)
+        if body["enforcement"] == {"state": "enforced", "version": version, "error": None}:
+            return time.time()
+        time.sleep(0.01)
+    raise AssertionError(f"{request_id} v{version} not enforced on {server.base_url}: {body}")
+
+
+def test_a_change_on_one_replica_is_enforced_by_the_other_within_a_second(replicas: list[Server]) -> None:
+    a, b = replicas
+    question = "Who was Ada Lovelace and what did she write about the Analytical Engine?"
+    assert _action(b, question) == "pass"
+    r = httpx.post(f"{a.base_url}/admin/v1/unlearning-requests", headers=ADMIN, json={
+        "target": "Ada Lovelace", "action": "refuse", "strength": {"expand_knowledge": False}})
+    assert r.status_code == 202, r.text
+    request_id = r.json()["id"]
+    _enforced_at(b, request_id, 1)
+    assert _action(b, question) == "refuse"
+
+    delays = []
+    for version in range(2, 12):  # each patch is compiled by whichever replica claims it
+        patched = httpx.patch(f"{a.base_url}/admin/v1/unlearning-requests/{request_id}", headers=ADMIN,
+                              json={"aliases": [f"Augusta Ada King {version}"]})
+        assert patched.status_code == 202 and patched.json()["version"] == version
+        seen = _enforced_at(b, request_id, version)
+        audit = httpx.get(f"{a.base_url}/admin/v1/audit", headers=ADMIN, params={"request_id": request_id}).json()
+        activated = next(x["at"] for x in audit if x["action"] == "activate" and x["version"] == version)
+        delays.append(seen - activated)
+    assert max(delays) < 1.0, delays  # p99 of 10 is their maximum
+
+    revoked_at = time.time()
+    assert httpx.delete(f"{a.base_url}/admin/v1/unlearning-requests/{request_id}", headers=ADMIN).status_code == 200
+    deadline = time.monotonic() + 5
+    while _detail(b, request_id)["enforcement"]["state"] != "not_enforced" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert time.time() - revoked_at < 1.0
+    assert _action(b, question) == "pass"
