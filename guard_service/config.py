@@ -38,8 +38,13 @@ class Settings(BaseSettings):
     max_model_len: int = 2048
     max_num_seqs: int = 64
     gpu_memory_utilization: float | None = Field(
-        default=None, description="Fraction of device memory for the KV cache; default 0.5 on CPU, 0.9 on CUDA"
+        default=None, description="Fraction of device memory for the KV cache; default 0.9 on CUDA (on CPU, "
+        "GUARD_KV_CACHE_BYTES unless this is set)"
     )
+    kv_cache_bytes: int | None = Field(
+        default=None, gt=0, description="the KV cache in bytes; default on CPU 1 GiB, plenty for the embedded "
+        "model's context at the default batch, so that several replicas fit one box (a fraction of RAM does not: "
+        "each would ask for half of it)")
     enforce_eager: bool = Field(default=False, description="Skip torch.compile: starts ~3x faster, ~7% slower")
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1

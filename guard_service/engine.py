@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 log = logging.getLogger(__name__)
+CPU_KV_CACHE_BYTES = 1 << 30
 
 
 def engine_args(settings: Settings, guarded: bool = True) -> Any:
@@ -28,7 +29,10 @@ def engine_args(settings: Settings, guarded: bool = True) -> Any:
 
     cuda = has_cuda()
     dtype = settings.dtype if settings.dtype != "auto" else ("auto" if cuda else "float32")
-    memory = settings.gpu_memory_utilization or (0.9 if cuda else 0.5)
+    memory = settings.gpu_memory_utilization or 0.9
+    kv_bytes = settings.kv_cache_bytes
+    if kv_bytes is None and not cuda and settings.gpu_memory_utilization is None:
+        kv_bytes = CPU_KV_CACHE_BYTES
     return AsyncEngineArgs(
         model=str(settings.resolved_model_path()),
         served_model_name=[settings.served_model_name],
@@ -36,6 +40,7 @@ def engine_args(settings: Settings, guarded: bool = True) -> Any:
         max_model_len=settings.max_model_len,
         max_num_seqs=settings.max_num_seqs,
         gpu_memory_utilization=memory,
+        kv_cache_memory_bytes=kv_bytes,
         enforce_eager=settings.enforce_eager,
         tensor_parallel_size=settings.tensor_parallel_size,
         pipeline_parallel_size=settings.pipeline_parallel_size,

@@ -125,7 +125,8 @@ def test_real_prometheus_scrapes_and_every_panel_has_data(server: Server, client
     config = tmp_path / "prometheus.yml"
     shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
     config.write_text((DEPLOY / "prometheus" / "prometheus.yml").read_text()
-                      .replace("guard-service:8000", target).replace("scrape_interval: 5s", "scrape_interval: 1s"))
+                      .replace('"guard-a:8000", "guard-b:8000"', f'"{target}"')
+                      .replace("scrape_interval: 5s", "scrape_interval: 1s"))
     proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                              f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
                             stderr=(tmp_path / "prometheus.log").open("w"))

@@ -1,5 +1,6 @@
-"""Two replicas on one box sharing a real PostgreSQL store (as on several machines): a request made on one is
-enforced by the other, every change reaches it by push within a second, and a revocation stops it there too."""
+"""Two replicas on one box sharing a real PostgreSQL store (as on several machines), each with the default KV
+cache size in bytes: a request made on one is enforced by the other, every change reaches it by push within a
+second, and a revocation stops it there too."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 @pytest.fixture(scope="module")
 def replicas(postgres: str, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Server]:
     root = tmp_path_factory.mktemp("replicas")
+    # The KV cache at its default size in bytes (GUARD_KV_CACHE_BYTES): two replicas fit this box side by side.
     env = {"GUARD_STORE_URL": fresh_database(postgres, "replicas"), "GUARD_POLICIES_DIR": str(root / "policies"),
-           "GUARD_GPU_MEMORY_UTILIZATION": "0.12", "GUARD_MAX_MODEL_LEN": "512"}
+           "GUARD_MAX_MODEL_LEN": "512"}
     servers: dict[str, Server] = {}
     errors: list[BaseException] = []
 
