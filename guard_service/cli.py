@@ -1,4 +1,5 @@
-"""`guard-service` command line: serve, prepare-model, forget / policies / audit (admin twins), eval."""
+"""`guard-service` command line: serve, prepare-model, forget / policies / audit (admin twins), store migrate,
+eval."""
 
 from __future__ import annotations
 
@@ -196,6 +197,22 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_store_migrate(args: argparse.Namespace) -> int:
+    """One box's SQLite store into a PostgreSQL store, verified (see store/migrate.py)."""
+    from guard_service.store.migrate import migrate
+
+    try:
+        done = migrate(args.source, args.destination, Settings().data_dir.resolve())
+    except ValueError as exc:
+        print(f"not migrated: {exc}", file=sys.stderr)
+        return 2
+    print(f"migrated {done.requests} requests, {done.versions} versions, {done.files} artifact files and "
+          f"{done.audit_rows} audit rows (chain verified; last hash {done.last_hash})")
+    if done.missing_artifacts:
+        print(f"no files for: {', '.join(done.missing_artifacts)} (recompile them)", file=sys.stderr)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -270,6 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     precompile = psub.add_parser("recompile", help="compile requests again for the model served now")
     precompile.add_argument("ids", nargs="*", help="unlearning request ids")
     precompile.add_argument("--all", action="store_true", help="every active and failed request")
+    store = sub.add_parser("store", help="the policy store")
+    ssub = store.add_subparsers(dest="store_command", required=True)
+    smigrate = ssub.add_parser("migrate", help="copy a SQLite store into an empty PostgreSQL store, verified")
+    smigrate.add_argument("--from", dest="source", required=True, help="sqlite:///… (relative to GUARD_DATA_DIR)")
+    smigrate.add_argument("--to", dest="destination", required=True, help="postgresql://user@host:port/db")
     audit = sub.add_parser("audit", help="the audit log")
     asub = audit.add_subparsers(dest="audit_command", required=True)
     asub.add_parser("verify", help="check the hash chain of the whole audit log (exit 1 where it was edited)")
@@ -279,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "activate": cmd_policies_activate}[args.policies_command](args)
     if args.command == "audit":
         return cmd_audit_verify(args)
+    if args.command == "store":
+        return cmd_store_migrate(args)
     handlers = {"prepare-model": cmd_prepare_model, "serve": cmd_serve, "forget": cmd_forget, "eval": cmd_eval}
     return handlers[args.command](args)
 

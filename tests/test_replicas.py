@@ -1,6 +1,6 @@
-"""Two replicas on one box sharing a real PostgreSQL store (as on several machines), each with the default KV
-cache size in bytes: a request made on one is enforced by the other, every change reaches it by push within a
-second, and a revocation stops it there too."""
+"""Two replicas on one box sharing a real PostgreSQL store and nothing else (as on several machines: each its own
+artifact folder, the default KV cache size in bytes): a request made on one is enforced by the other, every
+change reaches it by push within a second, and a revocation stops it there too."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 @pytest.fixture(scope="module")
 def replicas(postgres: str, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Server]:
     root = tmp_path_factory.mktemp("replicas")
-    # The KV cache at its default size in bytes (GUARD_KV_CACHE_BYTES): two replicas fit this box side by side.
-    env = {"GUARD_STORE_URL": fresh_database(postgres, "replicas"), "GUARD_POLICIES_DIR": str(root / "policies"),
-           "GUARD_MAX_MODEL_LEN": "512"}
+    # Each its own data dir (no shared artifact volume: a version compiled by one is fetched by the other from the
+    # store), and the KV cache at its default size in bytes (GUARD_KV_CACHE_BYTES): both fit this box.
+    env = {"GUARD_STORE_URL": fresh_database(postgres, "replicas"), "GUARD_MAX_MODEL_LEN": "512"}
     servers: dict[str, Server] = {}
     errors: list[BaseException] = []
 
@@ -47,7 +47,7 @@ def replicas(postgres: str, model_dir: Path, tmp_path_factory: pytest.TempPathFa
 
 
 def _detail(server: Server, request_id: str) -> dict:
-    return httpx.get(f"{server.base_url}/admin/v1/unlearning-requests/{request_id}", headers=ADMIN).json()
+    return httpx.get(f"{server.base_url}/admin/v1/unlearning-requests/{request_id}", headers=ADMIN, timeout=30).json()
 
 
 def _action(server: Server, prompt: str) -> str:
@@ -77,6 +77,8 @@ def test_a_change_on_one_replica_is_enforced_by_the_other_within_a_second(replic
     request_id = r.json()["id"]
     _enforced_at(b, request_id, 1)
     assert _action(b, question) == "refuse"
+    for server in (a, b):  # both hold the version's files, whichever compiled it
+        assert (server.data_dir / "policies" / request_id / "v1" / "manifest.json").is_file()
 
     delays = []
     for version in range(2, 12):  # each patch is compiled by whichever replica claims it

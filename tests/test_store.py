@@ -23,6 +23,21 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
                           .replace("[", "_").replace("]", "").replace("-", "_"))
 
 
+def _artifact(folder: Path, policy_id: str, version: int, files: dict[str, bytes]) -> dict:
+    """A published version's folder (files + manifest.json) as the compiler leaves it; its manifest."""
+    import hashlib
+    import json
+
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    manifest = {"policy_id": policy_id, "version": version, "target": "X", "action": "refuse", "strength": {},
+                "tokenizer": {}, "model": {}, "embedder": "e",
+                "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for n, d in files.items()}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
 def _replicas(url: str, n: int = 2) -> list[PolicyStore]:
     return [open_store(url, 10.0) for _ in range(n)]
 
@@ -113,7 +128,8 @@ def test_postgres_migrates_once_when_replicas_start_together(postgres: str) -> N
         t.join()
     assert not errors, errors
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT version, count(*) FROM schema_migrations GROUP BY version").fetchall() == [(1, 1)]
+        assert conn.execute("SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version"
+                            ).fetchall() == [(1, 1), (2, 1)]
         types = dict(conn.execute("SELECT column_name, data_type FROM information_schema.columns "
                                   "WHERE table_name = 'versions'").fetchall())
     assert types["spec"] == "jsonb" and types["created_at"] == "timestamp with time zone"
@@ -185,3 +201,62 @@ def test_compile_claims_are_leases_renewed_swept_and_given_back(url: str) -> Non
     assert any(x.action == "compile-released" and x.actor == "a" for x in b.audit(first))
     for s in (a, b):
         s.close()
+
+
+def test_artifact_files_go_through_the_store_by_hash(url: str, tmp_path: Path) -> None:
+    """A version compiled on one replica is rebuilt on another from the store alone, every file verified by
+    sha256; a file the store lost or changed fails the fetch and leaves nothing behind."""
+    from guard_service.policy.artifacts import blobs, fetch, read_manifest, verify
+
+    compiled = tmp_path / "a" / "pol_x" / "v3"
+    files = {"forbidden.json": b'{"items": []}', "provenance/sa.npy": bytes(range(256)) * 64}
+    manifest = _artifact(compiled, "pol_x", 3, files)
+    a, b = _replicas(url)
+    assert a.put_files(blobs(compiled)) == 2 and a.put_files(blobs(compiled)) == 0  # content-addressed
+    fetched = fetch(tmp_path / "b", "pol_x", 3, manifest, b.get_file)
+    assert fetched == tmp_path / "b" / "pol_x" / "v3" and verify(fetched) == []
+    assert read_manifest(fetched).files == read_manifest(compiled).files
+    assert (fetched / "provenance" / "sa.npy").read_bytes() == files["provenance/sa.npy"]
+
+    lost = {**manifest, "version": 4,
+            "files": {**manifest["files"], "x.npy": {"sha256": "0" * 64, "bytes": 1}}}
+    with pytest.raises(ValueError, match="no intact copy of x.npy"):
+        fetch(tmp_path / "b", "pol_x", 4, lost, b.get_file)
+    assert sorted(p.name for p in (tmp_path / "b" / "pol_x").iterdir()) == ["v3"]  # nothing half-written
+    for s in (a, b):
+        s.close()
+
+
+def test_store_migrate_copies_sqlite_into_postgres_with_the_chain_intact(postgres: str, tmp_path: Path) -> None:
+    """`guard-service store migrate`: requests, versions, artifact files and the audit chain (each row's own
+    hash) arrive as they were, verified; the chain goes on in PostgreSQL; an occupied destination is refused."""
+    import subprocess
+    import sys
+
+    source_url = f"sqlite:///{tmp_path / 'guard.sqlite3'}"
+    sqlite = open_store(source_url, 10.0)
+    request_id = sqlite.create({"target": "Ada Lovelace", "requested_by": "legal"}, "ops", None)
+    folder = tmp_path / "policies" / request_id / "v1"
+    manifest = _artifact(folder, request_id, 1, {"forbidden.json": b"{}"})
+    assert sqlite.claim(request_id, 1, "w") and sqlite.activate(request_id, 1, str(folder), manifest)
+    sqlite.add_version(request_id, {"target": "Ada Lovelace", "aliases": ["Ada King"]}, [], "ops", None)
+    sqlite.record("ops", "note", request_id, {"why": "before the move"})
+    before = sqlite.audit(limit=100)
+    sqlite.close()
+
+    destination = fresh_database(postgres, "migrated")
+    run = [sys.executable, "-m", "guard_service.cli", "store", "migrate", "--from", source_url, "--to", destination]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "migrated 1 requests, 2 versions, 1 artifact files and 4 audit rows" in done.stdout
+    pg = open_store(destination, 10.0)
+    row = pg.get(request_id)
+    assert (row.target, row.active_version, row.latest_version, row.requested_by) == ("Ada Lovelace", 1, 2, "legal")
+    assert [v.status for v in pg.versions(request_id)] == [Status.active, Status.pending]
+    assert [(a.seq, a.hash) for a in pg.audit(limit=100)] == [(a.seq, a.hash) for a in before]
+    assert pg.get_file(manifest["files"]["forbidden.json"]["sha256"]) == b"{}"
+    pg.record("ops", "after the move", request_id)
+    assert pg.verify_audit().ok and pg.verify_audit().rows == 5
+    again = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "already holds" in again.stderr
+    pg.close()

@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         registry = PolicyRegistry(store, settings.refresh_interval_s, settings.resolved_model_path(),
                                   settings.metrics_target_names, f"api:{socket.gethostname()}:{os.getpid()}",
-                                  on_new=preload)
+                                  on_new=preload, artifacts_root=settings.path(settings.policies_dir))
         # A restart enforces every active policy (or fails it closed) before the first request.
         await asyncio.to_thread(registry.refresh)
 

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from guard_service.compiler.compile import CompileContext, compile_version, warm_caches
 from guard_service.metrics import definitions as metrics
+from guard_service.policy.artifacts import blobs
 from guard_service.policy.request import from_version_spec
 from guard_service.store.base import PolicyStore
 
@@ -155,6 +156,8 @@ class CompileScheduler:
             await asyncio.to_thread(self.store.fail, request_id, version, f"{type(exc).__name__}: {exc}")
             return
         path = str(ctx.policies_dir / request_id / f"v{version}")
+        # Its files into the store by sha256 first: a replica that enforces it fetches them (no shared volume).
+        await asyncio.to_thread(lambda: self.store.put_files(blobs(Path(path))))
         record = manifest.model_dump()
         record["preview"] = await self._preview(request_id, version, path, spec)
         seconds = time.perf_counter() - began

@@ -22,10 +22,10 @@ from typing import Any
 
 from guard_service.guards import COMPONENTS
 from guard_service.metrics import definitions as metrics
-from guard_service.policy.artifacts import PolicyArtifact
+from guard_service.policy.artifacts import PolicyArtifact, fetch
 from guard_service.policy.request import Action, Scope, UnlearningRequest, from_version_spec
 from guard_service.protocol import PolicyKey
-from guard_service.store.base import PolicyStore
+from guard_service.store.base import PolicyStore, VersionRow
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,11 @@ def load_policy(policy_id: str, version: int, path: Path, stored_spec: dict,
 class PolicyRegistry:
     def __init__(self, store: PolicyStore, interval_s: float = 0.5, model_dir: Path | None = None,
                  target_names_in_metrics: bool = False, worker: str = "api",
-                 on_new: Callable[[list[str]], Awaitable[bool]] | None = None):
+                 on_new: Callable[[list[str]], Awaitable[bool]] | None = None, artifacts_root: Path | None = None):
+        """`artifacts_root`: this replica's artifact folder (its engine worker's too); a version compiled by
+        another replica is fetched into it from the store. None: read each version where it was compiled."""
         self.store = store
+        self.artifacts_root = artifacts_root
         self.on_new = on_new  # told about versions loaded here it has not taken yet (True: taken; worker preloads)
         self._announced: set[str] = set()
         self.interval_s = interval_s
@@ -137,8 +140,7 @@ class PolicyRegistry:
                     fresh[req.id] = current
                     continue
                 try:
-                    fresh[req.id] = load_policy(req.id, ver.version, Path(ver.artifact_dir or ""), ver.spec,
-                                                self.model_dir)
+                    fresh[req.id] = load_policy(req.id, ver.version, self._local(ver), ver.spec, self.model_dir)
                 except Exception as exc:
                     failed[req.id] = self._failed(req.id, ver.version, ver.spec, exc)
             self._publish_info(fresh)
@@ -147,6 +149,13 @@ class PolicyRegistry:
             metrics.ACTIVE_POLICIES.set(len(fresh))
             metrics.POLICIES_FAILED.set(len(failed))
             return True
+
+    def _local(self, ver: VersionRow) -> Path:
+        """The version's folder here, fetched from the store (verified by sha256) if another replica compiled
+        it. An existing folder is used as it is: loading verifies every file again."""
+        if self.artifacts_root is None:
+            return Path(ver.artifact_dir or "")
+        return fetch(self.artifacts_root, ver.request_id, ver.version, ver.manifest or {}, self.store.get_file)
 
     def _failed(self, policy_id: str, version: int, stored_spec: dict, exc: Exception) -> FailedPolicy:
         error = f"cannot load {policy_id}@{version}: {exc}"

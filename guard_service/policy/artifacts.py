@@ -23,7 +23,9 @@ every reader (API process, engine worker, admin API, benches) opens through `Pol
             docs.json        document names (upload index or server-side path)
 
 Versions are immutable: a new request version is a new folder, written to a temp dir beside it and renamed into
-place, so readers (other replicas, engine workers) never see half a policy and never need invalidation. A
+place, so readers (other replicas, engine workers) never see half a policy and never need invalidation. The
+store keeps every file by sha256 (`blobs`), so a replica that did not compile a version rebuilds it (`fetch`)
+under its own root: no file system is shared. A
 reader verifies before it trusts (`PolicyArtifact.open`): the format version, every file's sha256, and, given
 the served model, that the tokenizer and model config are the ones it was compiled for.
 """
@@ -36,6 +38,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -245,6 +248,43 @@ class PolicyArtifact:
     @property
     def provenance_path(self) -> Path | None:
         return self.path / Files.PROVENANCE if self.manifest.provenance else None
+
+
+def blobs(path: Path) -> dict[str, bytes]:
+    """A published version's files by sha256 (content-addressed), for a store that replicates them to replicas
+    that did not compile it (no shared file system needed)."""
+    manifest = read_manifest(path)
+    return {entry.sha256: (path / name).read_bytes() for name, entry in manifest.files.items()}
+
+
+def fetch(root: Path, policy_id: str, version: int, manifest: dict[str, Any],
+          blob: Callable[[str], bytes | None]) -> Path:
+    """Rebuild a version this replica did not compile under `root`, from its manifest (as the store keeps it)
+    and its files by sha256 (`blob`), each verified before the folder is renamed into place."""
+    final = version_dir(root, policy_id, version)
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".v{version}-fetch-", dir=final.parent))
+    try:
+        parsed = Manifest.model_validate(manifest)
+        for name, entry in parsed.files.items():
+            data = blob(entry.sha256)
+            if data is None or hashlib.sha256(data).hexdigest() != entry.sha256 or len(data) != entry.bytes:
+                raise ValueError(f"the store has no intact copy of {name} ({entry.sha256[:12]})")
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        (staging / Files.MANIFEST).write_text(parsed.model_dump_json(indent=1))
+        staging.chmod(0o755)
+        try:
+            os.replace(staging, final)
+        except OSError:  # another process fetched it meanwhile
+            if not final.is_dir():
+                raise
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 class ArtifactWriter:

@@ -13,6 +13,8 @@ chosen by `GUARD_STORE_URL=postgresql://…`. psycopg 3 with a connection pool.
   same transaction; `watch` hands each notification to the registry, which reloads at once (polling stays as
   the fallback).
 - **Append-only audit**: triggers refuse UPDATE, DELETE and TRUNCATE on `audit`, whatever the role.
+- **Artifacts**: every compiled file is kept by sha256 (`artifact_files`), so a replica fetches a version it
+  did not compile (policy/artifacts.py `fetch`) and no file system is shared.
 - A lock or a connection that cannot be had within the busy timeout raises `StoreUnavailable` (503).
 """
 
@@ -112,6 +114,11 @@ MIGRATIONS = [
         claimed_by, extract(epoch FROM claimed_at)::float8 AS claimed_at,
         extract(epoch FROM created_at)::float8 AS created_at, extract(epoch FROM compiled_at)::float8 AS compiled_at
         FROM versions;
+    """,
+    # 2: artifact files by sha256, so that replicas need no shared file system
+    """
+    CREATE TABLE artifact_files (sha256 text PRIMARY KEY, data bytea NOT NULL, bytes bigint NOT NULL,
+        stored_at timestamptz NOT NULL DEFAULT now());
     """,
 ]
 
@@ -322,6 +329,16 @@ class PostgresStore:
                       (Status.failed, request_id, Status.pending, Status.compiling))
             self._audit(c, actor, action, request_id, None)
             self._bump(c)
+
+    def put_files(self, blobs: dict[str, bytes]) -> int:
+        with self._tx() as c:
+            return sum(c.execute("INSERT INTO artifact_files (sha256, data, bytes) VALUES (%s, %s, %s) "
+                                 "ON CONFLICT (sha256) DO NOTHING", (sha, data, len(data))).rowcount
+                       for sha, data in blobs.items())
+
+    def get_file(self, sha256: str) -> bytes | None:
+        rows = self._query("SELECT data FROM artifact_files WHERE sha256 = %s", (sha256,))
+        return bytes(rows[0]["data"]) if rows else None
 
     def record(self, actor: str, action: str, request_id: str | None = None, detail: dict | None = None) -> None:
         with self._tx() as c:

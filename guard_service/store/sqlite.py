@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS audit (
     version INTEGER,
     detail TEXT NOT NULL DEFAULT '{}'
 );
+CREATE TABLE IF NOT EXISTS files (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0);
 """
@@ -313,6 +314,16 @@ class SqliteStore:
                       (Status.failed, request_id, Status.pending, Status.compiling))
             self._audit(c, actor, action, request_id, None)
             self._bump(c)
+
+    def put_files(self, blobs: dict[str, bytes]) -> int:
+        """Store artifact files by sha256 (the ones already there are skipped); how many were new."""
+        with self._tx() as c:
+            return sum(c.execute("INSERT OR IGNORE INTO files (sha256, data) VALUES (?, ?)", (sha, data)).rowcount
+                       for sha, data in blobs.items())
+
+    def get_file(self, sha256: str) -> bytes | None:
+        rows = self._query("SELECT data FROM files WHERE sha256 = ?", (sha256,))
+        return bytes(rows[0]["data"]) if rows else None
 
     def record(self, actor: str, action: str, request_id: str | None = None, detail: dict | None = None) -> None:
         with self._tx() as c:
