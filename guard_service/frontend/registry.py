@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,7 @@ class PolicyRegistry:
     def refresh(self) -> bool:
         """Reload what changed; retry what failed. Blocking (store, files, embedder): call off the loop."""
         with self._lock:
+            began = time.perf_counter()
             generation = self.store.generation()
             if generation == self.generation and not self.failed:
                 return False
@@ -146,6 +148,7 @@ class PolicyRegistry:
             self._publish_info(fresh)
             self.policies, self.failed = fresh, failed
             self.generation = generation
+            log.debug("policies reloaded (generation %d) in %.3fs", generation, time.perf_counter() - began)
             metrics.ACTIVE_POLICIES.set(len(fresh))
             metrics.POLICIES_FAILED.set(len(failed))
             return True
@@ -199,19 +202,32 @@ class PolicyRegistry:
                 loop.call_soon_threadsafe(changed.set)
 
         self.store.watch(wake)
-        while True:
-            changed.clear()
-            try:
-                await asyncio.to_thread(self.refresh)
-                await self._announce()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("policy refresh failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), self.interval_s)
+        announcing: asyncio.Task | None = None
+        try:
+            while True:
+                changed.clear()
+                try:
+                    await asyncio.to_thread(self.refresh)
+                    # The engine's preload runs beside the next reload, never in front of it: a change
+                    # pushed while the worker loads the last one is enforced here at once (it waited ~1 s).
+                    if announcing is None or announcing.done():
+                        announcing = asyncio.create_task(self._announce(), name="policy-preload")
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("policy refresh failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self.interval_s)
+        finally:
+            if announcing is not None:
+                announcing.cancel()
 
     async def _announce(self) -> None:
         fresh = [p.key for p in self.active() if p.key not in self._announced]
-        if fresh and self.on_new is not None and await self.on_new(fresh):
-            self._announced.update(fresh)
+        try:
+            if fresh and self.on_new is not None and await self.on_new(fresh):
+                self._announced.update(fresh)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the worker loads them on first use instead
+            log.exception("preloading %s in the engine failed", fresh)

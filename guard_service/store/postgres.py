@@ -214,8 +214,10 @@ class PostgresStore:
                     with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
                         conn.execute(f"LISTEN {CHANNEL}")
                         on_change()  # whatever happened while not listening
-                        while not self._closed.is_set():
-                            for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        while not self._closed.is_set():  # re-entered each second to see `close`
+                            # Not `stop_after`: a second notification read with the first would wait in the
+                            # connection's buffer until the next one arrived or the timeout ran out.
+                            for _ in conn.notifies(timeout=1.0):
                                 on_change()
                 except psycopg.Error:
                     log.warning("store notifications lost; listening again in 1 s (polling meanwhile)")
