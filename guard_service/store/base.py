@@ -21,6 +21,11 @@ from pydantic import BaseModel
 from guard_service.config import Settings
 
 
+class StaleVersion(Exception):
+    """`add_version(expect_latest=n)` found a newer version than n: another writer got there first (re-read,
+    merge again, retry)."""
+
+
 class Status(StrEnum):
     pending = "pending"
     compiling = "compiling"
@@ -109,7 +114,7 @@ class PolicyStore(Protocol):
     def create(self, spec: dict[str, Any], actor: str, expires_at: float | None) -> str: ...
     def add_version(self, request_id: str, spec: dict[str, Any], removed_expanded: list[str], actor: str,
                     expires_at: float | None, *, expand: bool = False, action: str = "patch",
-                    claimed_by: str | None = None) -> int: ...
+                    claimed_by: str | None = None, expect_latest: int | None = None) -> int: ...
     def recompile(self, request_id: str, actor: str) -> int: ...
     def revoke(self, request_id: str, actor: str) -> None: ...
     def expire_due(self, now: float | None = None) -> list[str]: ...

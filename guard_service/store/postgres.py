@@ -41,6 +41,7 @@ from guard_service.store.base import (
     AuditEntry,
     AuditRow,
     RequestRow,
+    StaleVersion,
     Status,
     VersionRow,
     audit_hash,
@@ -243,7 +244,7 @@ class PostgresStore:
 
     def add_version(self, request_id: str, spec: dict[str, Any], removed_expanded: list[str], actor: str,
                     expires_at: float | None, *, expand: bool = False, action: str = "patch",
-                    claimed_by: str | None = None) -> int:
+                    claimed_by: str | None = None, expect_latest: int | None = None) -> int:
         with self._tx() as c:
             row = c.execute("SELECT latest_version, status FROM requests WHERE id = %s FOR UPDATE",
                             (request_id,)).fetchone()
@@ -251,6 +252,8 @@ class PostgresStore:
                 raise KeyError(request_id)
             if row["status"] in (Status.revoked, Status.expired):
                 raise ValueError(f"request is {row['status']}; submit a new request instead")
+            if expect_latest is not None and row["latest_version"] != expect_latest:
+                raise StaleVersion(f"{request_id} is at version {row['latest_version']}, not {expect_latest}")
             version = row["latest_version"] + 1
             c.execute("UPDATE requests SET spec = %s, removed_expanded = %s, latest_version = %s, "
                       "expires_at = to_timestamp(%s), updated_at = now(), "

@@ -32,6 +32,7 @@ from guard_service.store.base import (
     AuditEntry,
     AuditRow,
     RequestRow,
+    StaleVersion,
     Status,
     VersionRow,
     audit_hash,
@@ -216,7 +217,7 @@ class SqliteStore:
 
     def add_version(self, request_id: str, spec: dict[str, Any], removed_expanded: list[str], actor: str,
                     expires_at: float | None, *, expand: bool = False, action: str = "patch",
-                    claimed_by: str | None = None) -> int:
+                    claimed_by: str | None = None, expect_latest: int | None = None) -> int:
         """A new pending version. `expand` marks the compiler's own follow-up version that adds knowledge
         expansion to an already enforced one; `claimed_by` stores it already claimed by that compiler (one
         that compiles it itself, then activates it), so no other process takes it."""
@@ -227,6 +228,8 @@ class SqliteStore:
                 raise KeyError(request_id)
             if row["status"] in (Status.revoked, Status.expired):
                 raise ValueError(f"request is {row['status']}; submit a new request instead")
+            if expect_latest is not None and row["latest_version"] != expect_latest:
+                raise StaleVersion(f"{request_id} is at version {row['latest_version']}, not {expect_latest}")
             version = row["latest_version"] + 1
             c.execute("UPDATE requests SET spec = ?, removed_expanded = ?, latest_version = ?, expires_at = ?, "
                       "updated_at = ?, status = CASE WHEN active_version IS NULL THEN ? ELSE status END "
