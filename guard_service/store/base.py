@@ -150,6 +150,48 @@ class PolicyStore(Protocol):
     def verify_audit(self) -> AuditCheck: ...
 
 
+class SharedLogic:
+    """What both backends do the same way on top of their own SQL: a backend provides `_tx()` (a write
+    transaction), `_audit(conn, ...)` (append one chained row inside it), `_end(...)`, `get`, `add_version` and
+    `_audit_rows()` (every audit row, oldest first)."""
+
+    def revoke(self, request_id: str, actor: str) -> None:
+        self._end(request_id, Status.revoked, actor, "revoke")
+
+    def record(self, actor: str, action: str, request_id: str | None = None, detail: dict | None = None) -> None:
+        with self._tx() as c:
+            self._audit(c, actor, action, request_id, None, detail)
+
+    def record_many(self, entries: Iterable[AuditEntry]) -> None:
+        with self._tx() as c:
+            for e in entries:
+                self._audit(c, e.actor, e.action, e.request_id, e.version, e.detail)
+
+    def recompile(self, request_id: str, actor: str) -> int:
+        """A new version with the request's current spec, compiled against the model served now (after a
+        model or tokenizer change left the active one unloadable)."""
+        row = self.get(request_id)
+        if row is None:
+            raise KeyError(request_id)
+        return self.add_version(request_id, row.spec, row.removed_expanded, actor, row.expires_at,
+                                action="recompile")
+
+    def verify_audit(self) -> AuditCheck:
+        """Recompute the whole chain; the first row whose stored link does not match is where it was edited."""
+        prev, count = GENESIS, 0
+        for row in self._audit_rows():
+            count += 1
+            link = audit_hash(prev, row["seq"], row["at"], row["actor"], row["action"], row["request_id"],
+                              row["version"], row["detail"])
+            if row["prev_hash"] != prev:
+                return AuditCheck(rows=count, ok=False, first_bad_seq=row["seq"],
+                                  reason="the row before it was removed or changed")
+            if row["hash"] != link:
+                return AuditCheck(rows=count, ok=False, first_bad_seq=row["seq"], reason="the row was changed")
+            prev = link
+        return AuditCheck(rows=count, ok=True)
+
+
 def open_store(url: str, busy_timeout_s: float = 10.0, base_dir: Path | None = None) -> PolicyStore:
     """The backend named by the URL's scheme. `sqlite:///var/guard.sqlite3` is relative (to `base_dir`, the
     data dir), `sqlite:////srv/guard.sqlite3` absolute, as SQLAlchemy spells them. A new backend is a module

@@ -37,10 +37,9 @@ from pydantic import BaseModel
 from guard_service.errors import StoreUnavailable
 from guard_service.store.base import (
     GENESIS,
-    AuditCheck,
-    AuditEntry,
     AuditRow,
     RequestRow,
+    SharedLogic,
     StaleVersion,
     Status,
     VersionRow,
@@ -130,7 +129,7 @@ def _row(model: type[BaseModel], row: dict[str, Any]) -> Any:
     return model.model_validate(row)
 
 
-class PostgresStore:
+class PostgresStore(SharedLogic):
     def __init__(self, url: str, busy_timeout_s: float = 10.0, max_connections: int = 8):
         self.url = url
         self.busy_timeout_s = busy_timeout_s
@@ -314,9 +313,6 @@ class PostgresStore:
                       (error, Status.revoked, Status.expired, Status.failed, request_id))
             self._audit(c, "compiler", "compile-failed", request_id, version, {"error": error})
 
-    def revoke(self, request_id: str, actor: str) -> None:
-        self._end(request_id, Status.revoked, actor, "revoke")
-
     def expire_due(self, now: float | None = None) -> list[str]:
         due = [r["id"] for r in self._query(
             "SELECT id FROM requests WHERE expires_at IS NOT NULL AND expires_at <= to_timestamp(%s) "
@@ -345,15 +341,6 @@ class PostgresStore:
         rows = self._query("SELECT data FROM artifact_files WHERE sha256 = %s", (sha256,))
         return bytes(rows[0]["data"]) if rows else None
 
-    def record(self, actor: str, action: str, request_id: str | None = None, detail: dict | None = None) -> None:
-        with self._tx() as c:
-            self._audit(c, actor, action, request_id, None, detail)
-
-    def record_many(self, entries: Iterable[AuditEntry]) -> None:
-        with self._tx() as c:
-            for e in entries:
-                self._audit(c, e.actor, e.action, e.request_id, e.version, e.detail)
-
     def note_load_error(self, request_id: str, version: int, error: str, actor: str) -> bool:
         with self._tx() as c:
             cur = c.execute("UPDATE requests SET last_error = %s, updated_at = now() WHERE id = %s AND "
@@ -362,13 +349,6 @@ class PostgresStore:
             if cur.rowcount:
                 self._audit(c, actor, "load-failed", request_id, version, {"error": error})
             return cur.rowcount == 1
-
-    def recompile(self, request_id: str, actor: str) -> int:
-        row = self.get(request_id)
-        if row is None:
-            raise KeyError(request_id)
-        return self.add_version(request_id, row.spec, row.removed_expanded, actor, row.expires_at,
-                                action="recompile")
 
     def release_stale_claims(self, older_than_s: float) -> int:
         with self._tx() as c:
@@ -427,20 +407,9 @@ class PostgresStore:
             (Status.active,))
         return [(_row(RequestRow, x["r"]), _row(VersionRow, x["v"])) for x in rows]
 
-    def verify_audit(self) -> AuditCheck:
-        prev, count = GENESIS, 0
-        for row in self._query("SELECT seq, at, actor, action, request_id, version, detail, prev_hash, hash "
-                               "FROM audit ORDER BY seq"):
-            count += 1
-            link = audit_hash(prev, row["seq"], row["at"], row["actor"], row["action"], row["request_id"],
-                              row["version"], row["detail"])
-            if row["prev_hash"] != prev:
-                return AuditCheck(rows=count, ok=False, first_bad_seq=row["seq"],
-                                  reason="the row before it was removed or changed")
-            if row["hash"] != link:
-                return AuditCheck(rows=count, ok=False, first_bad_seq=row["seq"], reason="the row was changed")
-            prev = link
-        return AuditCheck(rows=count, ok=True)
+    def _audit_rows(self) -> Iterable[dict[str, Any]]:
+        return self._query("SELECT seq, at, actor, action, request_id, version, detail, prev_hash, hash "
+                           "FROM audit ORDER BY seq")
 
     def audit(self, request_id: str | None = None, limit: int = 500) -> list[AuditRow]:
         columns = "seq, at, actor, action, request_id, version, detail, hash"

@@ -28,10 +28,9 @@ from pydantic import BaseModel
 from guard_service.errors import StoreUnavailable
 from guard_service.store.base import (
     GENESIS,
-    AuditCheck,
-    AuditEntry,
     AuditRow,
     RequestRow,
+    SharedLogic,
     StaleVersion,
     Status,
     VersionRow,
@@ -103,7 +102,7 @@ def _locked(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-class SqliteStore:
+class SqliteStore(SharedLogic):
     def __init__(self, path: Path, busy_timeout_s: float = 10.0):
         self.path = path
         self.busy_timeout_s = busy_timeout_s
@@ -296,9 +295,6 @@ class SqliteStore:
                       "WHERE id = ?", (error, now, Status.revoked, Status.expired, Status.failed, request_id))
             self._audit(c, "compiler", "compile-failed", request_id, version, {"error": error})
 
-    def revoke(self, request_id: str, actor: str) -> None:
-        self._end(request_id, Status.revoked, actor, "revoke")
-
     def expire_due(self, now: float | None = None) -> list[str]:
         due = [r["id"] for r in self._query(
             "SELECT id FROM requests WHERE expires_at IS NOT NULL AND expires_at <= ? AND status NOT IN (?, ?)",
@@ -328,15 +324,6 @@ class SqliteStore:
         rows = self._query("SELECT data FROM files WHERE sha256 = ?", (sha256,))
         return bytes(rows[0]["data"]) if rows else None
 
-    def record(self, actor: str, action: str, request_id: str | None = None, detail: dict | None = None) -> None:
-        with self._tx() as c:
-            self._audit(c, actor, action, request_id, None, detail)
-
-    def record_many(self, entries: Iterable[AuditEntry]) -> None:
-        with self._tx() as c:
-            for e in entries:
-                self._audit(c, e.actor, e.action, e.request_id, e.version, e.detail)
-
     def note_load_error(self, request_id: str, version: int, error: str, actor: str) -> bool:
         """An active version that a process cannot load: shown as the request's last error and audited, once
         per distinct error (every poll retries the load; the store is not written every poll)."""
@@ -347,15 +334,6 @@ class SqliteStore:
             if cur.rowcount:
                 self._audit(c, actor, "load-failed", request_id, version, {"error": error})
             return cur.rowcount == 1
-
-    def recompile(self, request_id: str, actor: str) -> int:
-        """A new version with the request's current spec, compiled against the model served now (after a
-        model or tokenizer change left the active one unloadable)."""
-        row = self.get(request_id)
-        if row is None:
-            raise KeyError(request_id)
-        return self.add_version(request_id, row.spec, row.removed_expanded, actor, row.expires_at,
-                                action="recompile")
 
     def release_stale_claims(self, older_than_s: float) -> int:
         """Compile leases not renewed for `older_than_s` (their process died) go back to pending."""
@@ -421,20 +399,8 @@ class SqliteStore:
                 out.append((req, ver))
         return out
 
-    def verify_audit(self) -> AuditCheck:
-        """Recompute the whole chain; the first row whose stored link does not match is where it was edited."""
-        prev, count = GENESIS, 0
-        for row in self._conn().execute("SELECT * FROM audit ORDER BY seq"):
-            count += 1
-            link = audit_hash(prev, row["seq"], row["at"], row["actor"], row["action"], row["request_id"],
-                              row["version"], row["detail"])
-            if row["prev_hash"] != prev:
-                return AuditCheck(rows=count, ok=False, first_bad_seq=row["seq"],
-                                  reason="the row before it was removed or changed")
-            if row["hash"] != link:
-                return AuditCheck(rows=count, ok=False, first_bad_seq=row["seq"], reason="the row was changed")
-            prev = link
-        return AuditCheck(rows=count, ok=True)
+    def _audit_rows(self) -> Iterable[sqlite3.Row]:
+        return self._conn().execute("SELECT * FROM audit ORDER BY seq")
 
     def audit(self, request_id: str | None = None, limit: int = 500) -> list[AuditRow]:
         if request_id is None:
