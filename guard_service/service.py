@@ -10,7 +10,7 @@ from guard_service.compiler.scheduler import over_limit, queue_expansion
 from guard_service.config import Settings
 from guard_service.errors import ServiceError
 from guard_service.policy.request import UnlearningPatch, UnlearningRequest
-from guard_service.store.base import PolicyStore, RequestRow, StaleVersion, Status
+from guard_service.store.base import PolicyStore, RequestRow, Status
 
 ENDED = (Status.revoked, Status.expired)
 
@@ -58,34 +58,27 @@ def submit(store: PolicyStore, settings: Settings, spec: UnlearningRequest, acto
     return store.create(spec.model_dump(mode="json"), actor, spec.expires_at.timestamp() if spec.expires_at else None)
 
 
-PATCH_ATTEMPTS = 8
-
-
 def patch(store: PolicyStore, settings: Settings, request_id: str, body: UnlearningPatch, actor: str) -> int:
     """A new version with the changed fields, validated exactly as a new request is (422), refused on a
-    revoked or expired request (409). The fields are merged into the newest version: a PATCH that raced another
-    (two admins, two replicas) merges again onto the winner's version, so no change is lost."""
+    revoked or expired request (409). The fields are merged into the newest spec while the store holds the
+    request locked: a PATCH that raced another (two admins, two replicas) builds on the winner's version, so no
+    change is lost."""
+    require(store, request_id)
     changes = body.model_dump(exclude_unset=True, exclude={"remove_expanded"}, mode="json")
-    for _ in range(PATCH_ATTEMPTS):
-        row = require(store, request_id)
-        if row.status in ENDED:
-            raise ServiceError(409, f"request is {row.status.value}; submit a new request instead",
-                               code="not_patchable")
+
+    def merge(current: dict, removed: list[str]) -> tuple[dict, list[str], float | None]:
         try:
-            spec = UnlearningRequest.model_validate({**row.spec, **changes})
+            spec = UnlearningRequest.model_validate({**current, **changes})
         except ValidationError as exc:
             raise invalid(exc) from exc
         check(settings, spec)
-        removed = list(dict.fromkeys([*row.removed_expanded, *body.remove_expanded]))
-        try:
-            return store.add_version(request_id, spec.model_dump(mode="json"), removed, actor,
-                                     spec.expires_at.timestamp() if spec.expires_at else None,
-                                     expect_latest=row.latest_version)
-        except StaleVersion:
-            continue
-        except ValueError as exc:  # revoked or expired between the read and the write
-            raise ServiceError(409, str(exc), code="not_patchable") from exc
-    raise ServiceError(409, "the request kept changing under this PATCH; send it again", code="conflict")
+        return (spec.model_dump(mode="json"), list(dict.fromkeys([*removed, *body.remove_expanded])),
+                spec.expires_at.timestamp() if spec.expires_at else None)
+
+    try:
+        return store.patch(request_id, merge, actor)
+    except ValueError as exc:  # revoked or expired
+        raise ServiceError(409, str(exc), code="not_patchable") from exc
 
 
 def revoke(store: PolicyStore, request_id: str, actor: str) -> RequestRow:

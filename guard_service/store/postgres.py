@@ -38,9 +38,9 @@ from guard_service.errors import StoreUnavailable
 from guard_service.store.base import (
     GENESIS,
     AuditRow,
+    Merge,
     RequestRow,
     SharedLogic,
-    StaleVersion,
     Status,
     VersionRow,
     audit_hash,
@@ -243,16 +243,20 @@ class PostgresStore(SharedLogic):
 
     def add_version(self, request_id: str, spec: dict[str, Any], removed_expanded: list[str], actor: str,
                     expires_at: float | None, *, expand: bool = False, action: str = "patch",
-                    claimed_by: str | None = None, expect_latest: int | None = None) -> int:
+                    claimed_by: str | None = None) -> int:
+        return self.patch(request_id, lambda _spec, _removed: (spec, removed_expanded, expires_at), actor,
+                          expand=expand, action=action, claimed_by=claimed_by)
+
+    def patch(self, request_id: str, merge: Merge, actor: str, *, expand: bool = False, action: str = "patch",
+              claimed_by: str | None = None) -> int:
         with self._tx() as c:
-            row = c.execute("SELECT latest_version, status FROM requests WHERE id = %s FOR UPDATE",
-                            (request_id,)).fetchone()
+            row = c.execute("SELECT latest_version, status, spec, removed_expanded FROM requests WHERE id = %s "
+                            "FOR UPDATE", (request_id,)).fetchone()
             if row is None:
                 raise KeyError(request_id)
             if row["status"] in (Status.revoked, Status.expired):
                 raise ValueError(f"request is {row['status']}; submit a new request instead")
-            if expect_latest is not None and row["latest_version"] != expect_latest:
-                raise StaleVersion(f"{request_id} is at version {row['latest_version']}, not {expect_latest}")
+            spec, removed_expanded, expires_at = merge(row["spec"], row["removed_expanded"])
             version = row["latest_version"] + 1
             c.execute("UPDATE requests SET spec = %s, removed_expanded = %s, latest_version = %s, "
                       "expires_at = to_timestamp(%s), updated_at = now(), "

@@ -29,9 +29,9 @@ from guard_service.errors import StoreUnavailable
 from guard_service.store.base import (
     GENESIS,
     AuditRow,
+    Merge,
     RequestRow,
     SharedLogic,
-    StaleVersion,
     Status,
     VersionRow,
     audit_hash,
@@ -216,19 +216,26 @@ class SqliteStore(SharedLogic):
 
     def add_version(self, request_id: str, spec: dict[str, Any], removed_expanded: list[str], actor: str,
                     expires_at: float | None, *, expand: bool = False, action: str = "patch",
-                    claimed_by: str | None = None, expect_latest: int | None = None) -> int:
+                    claimed_by: str | None = None) -> int:
         """A new pending version. `expand` marks the compiler's own follow-up version that adds knowledge
         expansion to an already enforced one; `claimed_by` stores it already claimed by that compiler (one
         that compiles it itself, then activates it), so no other process takes it."""
+        return self.patch(request_id, lambda _spec, _removed: (spec, removed_expanded, expires_at), actor,
+                          expand=expand, action=action, claimed_by=claimed_by)
+
+    def patch(self, request_id: str, merge: Merge, actor: str, *, expand: bool = False, action: str = "patch",
+              claimed_by: str | None = None) -> int:
+        """A new version from `merge` applied to the newest spec while the request is locked: concurrent
+        writers are serialised, so none works from a spec another has replaced (no lost update)."""
         now = time.time()
-        with self._tx() as c:
-            row = c.execute("SELECT latest_version, status FROM requests WHERE id = ?", (request_id,)).fetchone()
+        with self._tx() as c:  # BEGIN IMMEDIATE: the write lock is held from here
+            row = c.execute("SELECT latest_version, status, spec, removed_expanded FROM requests WHERE id = ?",
+                            (request_id,)).fetchone()
             if row is None:
                 raise KeyError(request_id)
             if row["status"] in (Status.revoked, Status.expired):
                 raise ValueError(f"request is {row['status']}; submit a new request instead")
-            if expect_latest is not None and row["latest_version"] != expect_latest:
-                raise StaleVersion(f"{request_id} is at version {row['latest_version']}, not {expect_latest}")
+            spec, removed_expanded, expires_at = merge(json.loads(row["spec"]), json.loads(row["removed_expanded"]))
             version = row["latest_version"] + 1
             c.execute("UPDATE requests SET spec = ?, removed_expanded = ?, latest_version = ?, expires_at = ?, "
                       "updated_at = ?, status = CASE WHEN active_version IS NULL THEN ? ELSE status END "
