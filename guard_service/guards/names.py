@@ -23,6 +23,7 @@ from guard_service.guards.spelling import (
     words,
 )
 from guard_service.guards.transliteration import SoundName, sound_index, transliterated
+from guard_service.guards.transliteration import units as sound_units  # derived once per prompt, for all policies
 from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.request import UnlearningRequest
 from guard_service.policy.sound import cjk
@@ -91,6 +92,7 @@ class NameDetector(GuardComponent):
                 reason = f"alias-partial:{prompt.raw[spans[0][0]:spans[0][1]]}"
             elif spans := misspelled(prompt.raw, part.typos, 0, True, units):
                 reason = f"alias-misspelled:{prompt.raw[spans[0][0]:spans[0][1]]}"
-            elif spans := transliterated(prompt.raw, part.sounds):
+            elif part.sounds and not prompt.raw.isascii() and (spans := transliterated(
+                    prompt.raw, part.sounds, 0, True, prompt.derived("sound_units", sound_units))):
                 reason = f"alias-transliterated:{prompt.raw[spans[0][0]:spans[0][1]]}"
         return Finding(Level.match, reason) if reason else None

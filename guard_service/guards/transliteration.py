@@ -100,12 +100,14 @@ def _cjk_end(text: str, us: list[Unit], i: int, name: SoundName) -> int | None:
     return None
 
 
-def transliterated(text: str, names: tuple[SoundName, ...], start_at: int = 0, final: bool = True) -> list[Span]:
+def transliterated(text: str, names: tuple[SoundName, ...], start_at: int = 0, final: bool = True,
+                   us: list[Unit] | None = None) -> list[Span]:
     """(start, end, tag) of names written by sound in another script, in words that begin at or after
-    `start_at`. Unless `final`, a match that ends the text (and may still grow) waits."""
+    `start_at`. Unless `final`, a match that ends the text (and may still grow) waits. `us`: `units(text)`,
+    when the caller already has them."""
     if not names or text.isascii():
         return []
-    us = units(text)
+    us = units(text) if us is None else us
     found: list[Span] = []
     last: dict[str, int] = {}
     for i, u in enumerate(us):

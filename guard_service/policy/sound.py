@@ -133,7 +133,7 @@ def word_options(word: str) -> tuple[tuple[str, str], tuple[str, ...]]:
     # A Latin -us ending is dropped where a name is adapted (Confucius: Конфуций, Columbus: Колумб).
     spellings.update(dict.fromkeys(sp[:-2] for sp in list(spellings) if sp.endswith("us") and len(sp) > 5))
     keys = [_classes(s, w_vowel=w_vowel) for s in spellings for w_vowel in (False, True)]
-    first = _romanized(word)
+    first = next(iter(spellings))  # as spelled, "ch" as in "Christina"
     return (_classes(first), _classes(first, coda_r=False)), tuple(dict.fromkeys(keys))
 
 
