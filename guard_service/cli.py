@@ -69,13 +69,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from guard_service.api.app import create_app
+    from guard_service.api.http_protocol import with_head_timeout
 
     if not (settings.resolved_model_path() / "config.json").is_file():
         print(f"no model at {settings.resolved_model_path()}: run `guard-service prepare-model`", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=10)
-    return 0
+    import signal
+
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=settings.drain_s,
+                                           http=with_head_timeout(settings.head_timeout_s)))
+    # uvicorn drains on SIGTERM/SIGINT, then raises the signal again so that the process dies by it; the exit
+    # status is ours instead: 0 after a drain, non-zero when the engine died (a supervisor restarts it).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    return app.state.exit_code
 
 
 def _store():

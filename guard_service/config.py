@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     refresh_interval_s: float = Field(default=0.5, description="how often the store is polled for changes")
     compile_lease_s: float = Field(default=30.0, gt=0, description="a compile claim is a lease this long, "
                                    "renewed while it runs; one whose process died is taken over after it")
+    drain_s: float = Field(default=30.0, ge=0, description="on SIGTERM: how long in-flight requests and streams "
+                           "may run on before the process stops anyway (new connections are refused at once)")
+    head_timeout_s: float = Field(default=15.0, gt=0, description="a request's line and headers must arrive "
+                                  "within this of the connection opening or the request's first byte (slowloris)")
     max_collateral: float = Field(
         default=0.02, ge=0, le=1, description="a compiled version that would flag more than this share of the "
         "benign reference prompts (its impact preview) is held, not enforced, until an admin activates it with "

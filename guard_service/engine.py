@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,14 @@ class EngineHolder:
         if self.engine.errored:
             raise ServiceError(503, f"engine is dead: {self.engine.dead_error}", code="engine_dead")
         return self.engine
+
+    async def watch(self, on_dead: Callable[[BaseException | None], None], interval_s: float = 0.2) -> None:
+        """`on_dead` once the running engine dies (its worker killed, out of memory): this process can no longer
+        serve and must stop so that its supervisor starts a fresh one."""
+        while self.engine is None or not self.engine.errored:
+            await asyncio.sleep(interval_s)
+        log.error("the engine died: %s", self.engine.dead_error)
+        on_dead(self.engine.dead_error)
 
     def shutdown(self) -> None:
         if self._task is not None and not self._task.done():

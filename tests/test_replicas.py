@@ -12,7 +12,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, fresh_database, start_server, stop_server
+from bench.processes import restart_server, start_servers
+from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, fresh_database, stop_server
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LEASE_S = 3.0
@@ -20,31 +21,19 @@ LEASE_S = 3.0
 
 @pytest.fixture(scope="module")
 def replicas(postgres: str, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Server]:
+    """Each its own data dir (no shared artifact volume: a version compiled by one is fetched by the other from the
+    store), and the KV cache at its default size in bytes (GUARD_KV_CACHE_BYTES): both fit this box. A test may
+    replace a server it stopped with a restarted one; every server in the list is stopped at the end."""
     root = tmp_path_factory.mktemp("replicas")
-    # Each its own data dir (no shared artifact volume: a version compiled by one is fetched by the other from the
-    # store), and the KV cache at its default size in bytes (GUARD_KV_CACHE_BYTES): both fit this box.
     env = {"GUARD_STORE_URL": fresh_database(postgres, "replicas"), "GUARD_MAX_MODEL_LEN": "512",
            "GUARD_COMPILE_LEASE_S": str(LEASE_S)}
-    servers: dict[str, Server] = {}
-    errors: list[BaseException] = []
-
-    def start(name: str) -> None:
-        try:
-            (root / name).mkdir()
-            servers[name] = start_server(root / name, env)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(name,)) for name in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for name in ("a", "b"):
+        (root / name).mkdir()
+    servers = start_servers([root / "a", root / "b"], env)
     try:
-        assert not errors, errors
-        yield [servers["a"], servers["b"]]
+        yield servers
     finally:
-        for server in servers.values():
+        for server in servers:
             stop_server(server)
 
 
@@ -143,30 +132,68 @@ def test_concurrent_patches_through_both_replicas_lose_nothing(replicas: list[Se
         httpx.delete(f"{a.base_url}/admin/v1/unlearning-requests/{request_id}", headers=ADMIN)
 
 
+def _expansion_being_compiled(db, a: Server, target: str, description: str) -> tuple[str, str]:
+    """A request whose knowledge-expansion version (v2: it asks the model, seconds) is being compiled right now;
+    its id and the claim's holder (`host:pid`)."""
+    r = httpx.post(f"{a.base_url}/admin/v1/unlearning-requests", headers=ADMIN, json={
+        "target": target, "kind": "entity", "action": "refuse", "description": description})
+    request_id = r.json()["id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        row = db.execute("SELECT claimed_by FROM versions WHERE request_id = %s AND version = 2 "
+                         "AND status = 'compiling'", (request_id,)).fetchone()
+        if row:
+            return request_id, row[0]
+        time.sleep(0.01)
+    raise AssertionError("the expansion version was never seen compiling")
+
+
+def test_sigterm_during_a_compile_gives_it_back_and_the_other_replica_finishes_it(
+        replicas: list[Server], tmp_path: Path) -> None:
+    """A rolling deploy: SIGTERM the compiling replica. It exits 0 having released its claim (audited
+    `compile-released`, never `failed`); the other replica claims it at once, without waiting for the lease to
+    run out, and enforces it. The stopped replica is started again for the tests after this one."""
+    import psycopg
+
+    with psycopg.connect(_store_url(replicas[0]), autocommit=True) as db:
+        request_id, holder_id = _expansion_being_compiled(
+            db, replicas[0], "Dorothy Vaughan", "A NASA mathematician who led the West Area Computing unit.")
+        holder = next(s for s in replicas if holder_id.endswith(f":{s.proc.pid}"))
+        survivor = next(s for s in replicas if s is not holder)
+        holder.proc.terminate()
+        stopped = time.monotonic()
+        taken = None
+        while time.monotonic() - stopped < 60:
+            status, claimed_by = db.execute("SELECT status, claimed_by FROM versions WHERE request_id = %s "
+                                            "AND version = 2", (request_id,)).fetchone()
+            assert status != "failed"
+            if taken is None and status == "compiling" and claimed_by != holder_id:
+                taken = time.monotonic() - stopped
+            if status == "active":
+                break
+            time.sleep(0.02)
+        actions = [r[0] for r in db.execute("SELECT action FROM audit WHERE request_id = %s AND version = 2 "
+                                            "ORDER BY seq", (request_id,))]
+    assert holder.proc.wait(60) == 0, holder.log_tail()
+    print(f"SIGTERM mid-compile: claimed by the other replica after {taken} s (lease {LEASE_S} s)")
+    assert status == "active" and "compile-released" in actions and "compile-failed" not in actions, actions
+    assert taken is not None and taken < LEASE_S  # given back, not left to expire
+    _enforced_at(survivor, request_id, 2)
+    replicas[replicas.index(holder)] = restart_server(holder, tmp_path)
+
+
 def test_a_replica_killed_mid_compile_is_taken_over_within_the_lease(replicas: list[Server]) -> None:
-    """kill -9 whichever replica is compiling (the knowledge-expansion version: it asks the model, seconds): its
-    lease stops being renewed, the other replica's sweep gives the version back and it compiles and enforces it.
-    (Last in the module: it leaves one replica.)"""
+    """kill -9 whichever replica is compiling: its lease stops being renewed, the other replica's sweep gives the
+    version back and it compiles and enforces it. (Last in the module: it leaves one replica.)"""
     import os
     import signal
 
     import psycopg
 
-    a, _ = replicas
-    r = httpx.post(f"{a.base_url}/admin/v1/unlearning-requests", headers=ADMIN, json={
-        "target": "Katherine Johnson", "kind": "entity", "action": "refuse",
-        "description": "A NASA mathematician who computed orbital trajectories."})
-    request_id = r.json()["id"]
-    with psycopg.connect(_store_url(a), autocommit=True) as db:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            row = db.execute("SELECT claimed_by FROM versions WHERE request_id = %s AND version = 2 "
-                             "AND status = 'compiling'", (request_id,)).fetchone()
-            if row:
-                break
-            time.sleep(0.01)
-        assert row, "the expansion version was never seen compiling"
-        holder = next(s for s in replicas if row[0].endswith(f":{s.proc.pid}"))
+    with psycopg.connect(_store_url(replicas[0]), autocommit=True) as db:
+        request_id, holder_id = _expansion_being_compiled(
+            db, replicas[0], "Katherine Johnson", "A NASA mathematician who computed orbital trajectories.")
+        holder = next(s for s in replicas if holder_id.endswith(f":{s.proc.pid}"))
         os.killpg(holder.proc.pid, signal.SIGKILL)  # the API process and its engine, no goodbye
         killed = time.monotonic()
         survivor = next(s for s in replicas if s is not holder)
@@ -174,7 +201,7 @@ def test_a_replica_killed_mid_compile_is_taken_over_within_the_lease(replicas: l
         while time.monotonic() - killed < 60:
             state = db.execute("SELECT status, claimed_by FROM versions WHERE request_id = %s AND version = 2",
                                (request_id,)).fetchone()
-            if taken is None and state[0] == "compiling" and state[1] != row[0]:
+            if taken is None and state[0] == "compiling" and state[1] != holder_id:
                 taken = time.monotonic() - killed
             if state[0] == "active":
                 break

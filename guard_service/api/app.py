@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 from contextlib import asynccontextmanager
 
@@ -24,6 +25,7 @@ from guard_service.engine import EngineHolder
 from guard_service.frontend.guard import Guard
 from guard_service.frontend.preview import ImpactPreview
 from guard_service.frontend.registry import PolicyRegistry
+from guard_service.policy.artifacts import remove_stale_staging
 from guard_service.serving.ask import engine_asker
 from guard_service.store.audit_sink import AuditSink
 from guard_service.store.base import open_configured
@@ -59,6 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = PolicyRegistry(store, settings.refresh_interval_s, settings.resolved_model_path(),
                                   settings.metrics_target_names, f"api:{socket.gethostname()}:{os.getpid()}",
                                   on_new=preload, artifacts_root=settings.path(settings.policies_dir))
+        stale = await asyncio.to_thread(remove_stale_staging, settings.path(settings.policies_dir))
+        if stale:
+            log.warning("removed %d temp dirs that a killed compile or fetch left: %s", len(stale), stale)
         # A restart enforces every active policy (or fails it closed) before the first request.
         await asyncio.to_thread(registry.refresh)
 
@@ -84,8 +89,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine, app.state.store, app.state.registry, app.state.scheduler = holder, store, registry, scheduler
         app.state.guard = Guard(settings, registry, audit, tokenizer=lambda: holder.require().get_tokenizer())
         holder.start()
+
+        def engine_died(_: BaseException | None) -> None:
+            # In-flight requests already end with 503 engine_dead; the server drains and exits non-zero.
+            app.state.exit_code = 3
+            signal.raise_signal(signal.SIGTERM)
+
         tasks = [asyncio.create_task(registry.run(), name="policy-registry"),
-                 asyncio.create_task(scheduler.run(), name="compile-scheduler")]
+                 asyncio.create_task(scheduler.run(), name="compile-scheduler"),
+                 asyncio.create_task(holder.watch(engine_died), name="engine-watch")]
         try:
             yield
         finally:
@@ -101,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="OpenAI-compatible LLM serving with inference-time unlearning.",
                   docs_url="/docs" if docs_open else None, redoc_url="/redoc" if docs_open else None,
                   openapi_url="/openapi.json" if docs_open else None)
-    app.state.settings, app.state.audit = settings, audit
+    app.state.settings, app.state.audit, app.state.exit_code = settings, audit, 0
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
 

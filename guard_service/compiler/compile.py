@@ -20,6 +20,7 @@ from guard_service.policy.artifacts import (
     ForbiddenFile,
     ForbiddenItem,
     Manifest,
+    explain_write_error,
     model_identity,
     tokenizer_identity,
 )
@@ -118,6 +119,12 @@ def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRe
             calibration=calibration, provenance=prov, stats={**stats, "seconds": timings})
         writer.publish(manifest)
         return manifest
+    except OSError as exc:
+        clear = explain_write_error(exc, ctx.policies_dir)
+        writer.discard()
+        if clear is exc:
+            raise
+        raise clear from exc
     except BaseException:
         writer.discard()
         raise

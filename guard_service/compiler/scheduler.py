@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -81,27 +81,41 @@ class CompileScheduler:
         self._warm = False
 
     async def run(self) -> None:
+        keeper = asyncio.create_task(self._loop(self.housekeeping, "store housekeeping"), name="store-housekeeping")
+        try:
+            await self._loop(self.tick, "compile scheduler tick", self.wake)
+        finally:
+            keeper.cancel()
+
+    async def _loop(self, step: Callable[[], Awaitable[None]], what: str, wake: asyncio.Event | None = None) -> None:
         while True:
             try:
-                await self.tick()
+                await step()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the loop must outlive any one bad tick; the error is logged, not hidden
-                log.exception("compile scheduler tick failed")
+            except Exception:  # the loop must outlive any one bad step; the error is logged, not hidden
+                log.exception("%s failed", what)
+            if wake is None:
+                await asyncio.sleep(self.interval_s)
+                continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.interval_s)
-            self.wake.clear()
+                await asyncio.wait_for(wake.wait(), self.interval_s)
+            wake.clear()
 
-    async def tick(self) -> None:
-        """Every store call runs off the event loop: a locked store delays compiles, never requests."""
+    async def housekeeping(self) -> None:
+        """Expiry and the lease sweep, beside the compiles: a compile that runs for minutes delays neither.
+        Every store call runs off the event loop: a locked store delays them, never requests."""
         expired = await asyncio.to_thread(self.store.expire_due)
         if expired:
             log.info("expired policies: %s", expired)
-        if time.monotonic() - self._swept >= self.lease_s / 2:  # the sweep: leases their holders stopped renewing
+        if time.monotonic() - self._swept >= self.lease_s / 2:  # leases their holders stopped renewing
             released = await asyncio.to_thread(self.store.release_stale_claims, self.lease_s)
             self._swept = time.monotonic()
             if released:
                 log.warning("released %d compile claims whose lease ran out", released)
+                self.wake.set()
+
+    async def tick(self) -> None:
         ctx = self.context()
         if ctx is None:  # engine not ready yet: its tokenizer is the compile target
             return
@@ -138,19 +152,23 @@ class CompileScheduler:
     async def compile_one(self, ctx: CompileContext, request_id: str, version: int, spec: dict) -> None:
         beat = asyncio.create_task(self._heartbeat(request_id, version), name="compile-lease")
         try:
-            await self._compile_one(ctx, request_id, version, spec)
+            await self._compile_one(ctx, request_id, version, spec, beat)
         except asyncio.CancelledError:  # shutting down: give the compile back for another process
             await asyncio.shield(asyncio.to_thread(self.store.release, request_id, version, self.worker))
             raise
         finally:
             beat.cancel()
 
-    async def _compile_one(self, ctx: CompileContext, request_id: str, version: int, spec: dict) -> None:
+    async def _compile_one(self, ctx: CompileContext, request_id: str, version: int, spec: dict,
+                           beat: asyncio.Task) -> None:
+        """`beat` (the lease's heartbeat) stops before the outcome is written: a renewal after it would find the
+        claim gone and report it lost."""
         began = time.perf_counter()
         try:
             request, removed, expand = from_version_spec(spec)
             manifest = await compile_version(ctx, request_id, version, request, removed, expand)
         except Exception as exc:
+            beat.cancel()
             log.exception("compile of %s v%d failed", request_id, version)
             metrics.COMPILE_FAILURES.inc()
             await asyncio.to_thread(self.store.fail, request_id, version, f"{type(exc).__name__}: {exc}")
@@ -162,6 +180,7 @@ class CompileScheduler:
         record["preview"] = await self._preview(request_id, version, path, spec)
         seconds = time.perf_counter() - began
         over = over_limit(record["preview"], self.max_collateral)
+        beat.cancel()
         if over is not None and request.mode != "shadow":  # a shadow version enforces nothing: nothing to hold
             await asyncio.to_thread(self.store.hold, request_id, version, path, record, over,
                                     {"collateral": record["preview"]["rate"], "limit": self.max_collateral})

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +188,10 @@ class PolicyRegistry:
             metrics.POLICY_INFO.labels(p.id, p.spec.target).set(1)
 
     def active(self) -> list[ActivePolicy]:
-        return list(self.policies.values())
+        """A policy past its `expires_at` stops here at that instant, whatever the store and the compile
+        scheduler are doing (the store marks it expired on the scheduler's next tick)."""
+        now = datetime.now(UTC)
+        return [p for p in self.policies.values() if p.spec.expires_at is None or p.spec.expires_at > now]
 
     def failed_closed(self) -> list[FailedPolicy]:
         return list(self.failed.values())

@@ -32,11 +32,13 @@ the served model, that the tokenizer and model config are the ones it was compil
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from guard_service.protocol import PolicyKey
 
 FORMAT_VERSION = 1
+STAGING = ".staging-"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -257,6 +260,53 @@ def blobs(path: Path) -> dict[str, bytes]:
     return {entry.sha256: (path / name).read_bytes() for name, entry in manifest.files.items()}
 
 
+def _staging_dir(final: Path, purpose: str) -> Path:
+    """A temp dir beside `final`, named by the host and process that write it (`remove_stale_staging`)."""
+    prefix = f"{STAGING}{_host()}-{os.getpid()}-{final.name}-{purpose}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+
+
+def explain_write_error(exc: OSError, root: Path) -> OSError:
+    """A full disk in an operator's words: numpy reports it as "<n> requested and <m> written", without errno."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT) or ("requested and" in str(exc) and "written" in str(exc))
+    if not full:
+        return exc
+    free = shutil.disk_usage(root).free
+    return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} for the policy artifacts under {root} ({free} bytes "
+                   f"free; the write said: {exc})")
+
+
+def remove_stale_staging(root: Path) -> list[Path]:
+    """At start: temp dirs a killed process of this host left behind (its compile or fetch never published).
+    Another live process on this host (a second server on the same folder) keeps its own; dirs of other hosts
+    (a shared volume) are theirs to clean. Nothing here was ever loaded: readers open published folders only."""
+    removed = []
+    for path in root.glob(f"*/{STAGING}*"):
+        host, _, rest = path.name.removeprefix(STAGING).partition("-")
+        pid = rest.partition("-")[0]
+        if host != _host() or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _host() -> str:
+    return socket.gethostname().replace("-", "_")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def fetch(root: Path, policy_id: str, version: int, manifest: dict[str, Any],
           blob: Callable[[str], bytes | None]) -> Path:
     """Rebuild a version this replica did not compile under `root`, from its manifest (as the store keeps it)
@@ -265,7 +315,7 @@ def fetch(root: Path, policy_id: str, version: int, manifest: dict[str, Any],
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".v{version}-fetch-", dir=final.parent))
+    staging = _staging_dir(final, "fetch")
     try:
         parsed = Manifest.model_validate(manifest)
         for name, entry in parsed.files.items():
@@ -293,7 +343,7 @@ class ArtifactWriter:
     def __init__(self, root: Path, policy_id: str, version: int):
         self.final = version_dir(root, policy_id, version)
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=self.final.parent))
+        self.dir = _staging_dir(self.final, "compile")
 
     def _path(self, name: str) -> Path:
         p = self.dir / name

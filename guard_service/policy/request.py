@@ -10,7 +10,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from guard_service.validation import ValidText
 
@@ -94,11 +103,13 @@ class UnlearningRequest(ValidText):
 
     @field_validator("expires_at")
     @classmethod
-    def _in_future(cls, value: datetime | None) -> datetime | None:
+    def _in_future(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        """A new request must expire in the future; a stored one (`from_version_spec`) may have expired since:
+        it still loads, and the registry stops enforcing it at that instant."""
         if value is None:
             return None
         value = value if value.tzinfo else value.replace(tzinfo=UTC)
-        if value <= datetime.now(UTC):
+        if value <= datetime.now(UTC) and not (info.context or {}).get("stored"):
             raise ValueError("expires_at must be in the future")
         return value
 
@@ -139,5 +150,5 @@ def from_version_spec(stored: dict) -> tuple[UnlearningRequest, list[str], bool]
     """A stored version spec is the request plus the store's bookkeeping: the expanded items an operator
     removed, and whether this version is the compiler's knowledge-expansion follow-up."""
     spec = {k: v for k, v in stored.items() if k not in ("removed_expanded", "_expand")}
-    return (UnlearningRequest.model_validate(spec), list(stored.get("removed_expanded", [])),
+    return (UnlearningRequest.model_validate(spec, context={"stored": True}), list(stored.get("removed_expanded", [])),
             bool(stored.get("_expand", False)))
