@@ -57,12 +57,14 @@ def launch_server(workdir: Path, extra_env: dict[str, str] | None = None, data_d
 
 
 def wait_healthy(server: Server, timeout: float = 400) -> Server:
+    """Until it serves and its compiler is warm (a replica that must compile first pays for no cache)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log_tail()}")
         with contextlib.suppress(httpx.TransportError):
-            if httpx.get(server.base_url + "/health", timeout=2).status_code == 200:
+            health = httpx.get(server.base_url + "/health", timeout=2)
+            if health.status_code == 200 and health.json().get("compiler") == "ready":
                 return server
         time.sleep(0.5)
     stop_server(server)

@@ -115,7 +115,7 @@ def takeover(servers: list[Server], db: psycopg.Connection, how: signal.Signals,
         os.killpg(holder.proc.pid, signal.SIGKILL)  # the API process and its engine
     else:
         holder.proc.send_signal(how)
-    sent = time.monotonic()
+    sent, sent_at = time.monotonic(), time.time()
     claimed = None
     while time.monotonic() - sent < 120:
         status, by = db.execute("SELECT status, claimed_by FROM versions WHERE request_id = %s AND version = 2",
@@ -130,8 +130,12 @@ def takeover(servers: list[Server], db: psycopg.Connection, how: signal.Signals,
     enforced = time.monotonic() - sent
     _enforced_at(survivor, request_id, 2)
     code = holder.proc.wait(120)
+    released = db.execute("SELECT at FROM audit WHERE request_id = %s AND version = 2 AND action = "
+                          "'compile-released'", (request_id,)).fetchone()
     servers[servers.index(holder)] = restart_server(holder, workdir)
-    return {"signal": how.name, "claimed_s": claimed, "enforced_s": enforced, "exit_code": code}
+    return {"signal": how.name, "claimed_s": claimed, "enforced_s": enforced, "exit_code": code,
+            "released_s": None if released is None else float(released[0]) - sent_at,
+            "holder_log_tail": holder.log_tail(40) if how is signal.SIGTERM else None}
 
 
 def main() -> None:
@@ -172,7 +176,8 @@ def main() -> None:
             rows.append(row(f"{how} compiling replica -> enforced by B", [r["enforced_s"] for r in picked]))
     print_table(f"Two replicas on one PostgreSQL (lease {args.lease} s), seconds", ["", "n", "p50", "p99", "max"],
                 rows)
-    print("exit codes of the SIGTERM'd replicas:", [r["exit_code"] for r in rounds if r["signal"] == "SIGTERM"])
+    print("SIGTERM'd replicas: exit codes", [r["exit_code"] for r in rounds if r["signal"] == "SIGTERM"],
+          "claims given back after (s)", [r["released_s"] for r in rounds if r["signal"] == "SIGTERM"])
     write_json("replicas", {"args": vars(args), "propagation": prop, "revocation_s": revoked, "takeover": rounds,
                             "table": [dict(zip(["what", "n", "p50_s", "p99_s", "max_s"], r, strict=True))
                                       for r in rows]})

@@ -34,6 +34,7 @@ import httpx
 import openai
 
 from bench.common import free_port, median, percentile, print_table, running_app, write_json
+from bench.throughput import timed_stream
 from guard_service.config import Settings
 from guard_service.device import has_cuda
 
@@ -58,17 +59,8 @@ def http_streams(url: str, model: str, prompts: list[str], tokens: int, headers:
         client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=900, default_headers=headers)
 
         async def one(p: str) -> tuple[float, list[float], int]:
-            began = time.perf_counter()
-            arrivals: list[float] = []
-            usage = None
-            async for chunk in await client.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": p}], temperature=0, max_tokens=tokens,
-                    extra_body={"ignore_eos": True}, stream=True, stream_options={"include_usage": True}):
-                usage = chunk.usage or usage
-                if chunk.choices and chunk.choices[0].delta.content:
-                    arrivals.append(time.perf_counter())
-            gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
-            return arrivals[0] - began, gaps, usage.completion_tokens
+            began, arrivals, n = await timed_stream(client, model, p, tokens)
+            return arrivals[0] - began, [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)], n
 
         began = time.perf_counter()
         results = await asyncio.gather(*[one(p) for p in prompts])

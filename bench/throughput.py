@@ -50,6 +50,22 @@ def http_batch(url: str, model: str, prompts: list[str], tokens: int, stream: bo
     return asyncio.run(batch())
 
 
+async def timed_stream(client: openai.AsyncOpenAI, model: str, prompt: str,
+                       tokens: int) -> tuple[float, list[float], int]:
+    """One stream through the openai SDK: when it began, when each chunk with text arrived (perf_counter), and
+    the output tokens it reports."""
+    began = time.perf_counter()
+    arrivals: list[float] = []
+    usage = None
+    async for chunk in await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=tokens,
+            extra_body={"ignore_eos": True}, stream=True, stream_options={"include_usage": True}):
+        usage = chunk.usage or usage
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.perf_counter())
+    return began, arrivals, usage.completion_tokens
+
+
 def http_stream_timings(url: str, model: str, prompts: list[str], tokens: int,
                         headers: dict[str, str] | None = None) -> dict[str, list[float]]:
     """Concurrent streams through the openai SDK, per request: time to first text (s), time per output token
@@ -59,16 +75,7 @@ def http_stream_timings(url: str, model: str, prompts: list[str], tokens: int,
         client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=600, default_headers=headers)
 
         async def one(p: str) -> tuple[float, float, float]:
-            began = time.perf_counter()
-            arrivals: list[float] = []
-            usage = None
-            async for chunk in await client.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": p}], temperature=0, max_tokens=tokens,
-                    extra_body={"ignore_eos": True}, stream=True, stream_options={"include_usage": True}):
-                usage = chunk.usage or usage
-                if chunk.choices and chunk.choices[0].delta.content:
-                    arrivals.append(time.perf_counter())
-            n = usage.completion_tokens
+            began, arrivals, n = await timed_stream(client, model, p, tokens)
             gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
             return arrivals[0] - began, (arrivals[-1] - arrivals[0]) / max(1, n - 1), max(gaps, default=0.0)
 

@@ -309,3 +309,20 @@ def test_postgres_down_then_back_admin_writes_503_generation_goes_on(model_dir: 
             assert action("Who is Mary Darling?") == "refuse"
         finally:
             stop_server(server)
+
+
+def test_a_stored_version_past_its_expiry_still_loads() -> None:
+    """Found with the expiry test: a stored spec was validated like a new request ("expires_at must be in the
+    future"), so a version that expired before the store marked it (a restart, a reload meanwhile) failed to
+    load and, failing closed, refused everything it applied to. New requests are still held to the rule."""
+    from datetime import UTC, datetime, timedelta
+
+    from pydantic import ValidationError
+
+    from guard_service.policy.request import UnlearningRequest, from_version_spec
+
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    spec, _, _ = from_version_spec({"target": "Captain Hook", "expires_at": past})
+    assert spec.expires_at is not None and spec.expires_at < datetime.now(UTC)
+    with pytest.raises(ValidationError, match="expires_at must be in the future"):
+        UnlearningRequest.model_validate({"target": "Captain Hook", "expires_at": past})

@@ -51,11 +51,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _warn_if_open(settings)
         holder = EngineHolder(settings)
 
-        async def preload(keys: list[str]) -> bool:
-            """New versions into the engine worker's cache between steps, before a request needs them."""
+        async def preload(keys: list[str], active: list[str]) -> bool:
+            """New versions into the engine worker's cache between steps, before a request needs them; what is
+            no longer enforced out of it."""
             if not holder.ready:
                 return False
-            await holder.engine.collective_rpc("guard_preload", args=(keys,))
+            await holder.engine.collective_rpc("guard_preload", args=(keys, active))
             return True
 
         registry = PolicyRegistry(store, settings.refresh_interval_s, settings.resolved_model_path(),

@@ -16,13 +16,15 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health")
 async def health(request: Request, holder: HolderDep) -> JSONResponse:
-    """200 once the engine serves; 503 while it starts, after it failed to start, or once it died. `degraded`
-    (still 200: this replica refuses correctly, and every replica would fail the same way) names the active
-    policies this process cannot load and therefore refuses requests for; their reasons are in the admin API."""
+    """200 once the engine serves (`compiler`: whether this replica's compiler has loaded its caches yet); 503
+    while it starts, after it failed to start, or once it died. `degraded` (still 200: this replica refuses
+    correctly, and every replica would fail the same way) names the active policies this process cannot load and
+    therefore refuses requests for; their reasons are in the admin API."""
     if holder.ready:
         failed = [f.id for f in request.app.state.registry.failed_closed()]
         body = {"status": "degraded" if failed else "ok", "uptime_s": round(time.time() - holder.started_at, 1),
-                "unfinished_requests": holder.engine.get_num_unfinished_requests()}
+                "unfinished_requests": holder.engine.get_num_unfinished_requests(),
+                "compiler": "ready" if request.app.state.scheduler.warm else "warming"}
         if failed:
             body["failed_closed_policies"] = failed
         return JSONResponse(body)

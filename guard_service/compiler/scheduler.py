@@ -78,7 +78,7 @@ class CompileScheduler:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.wake = asyncio.Event()
         self.on_compiled = on_compiled
-        self._warm = False
+        self.warm = False  # its caches loaded: the first compile here would otherwise pay for them
 
     async def run(self) -> None:
         keeper = asyncio.create_task(self._loop(self.housekeeping, "store housekeeping"), name="store-housekeeping")
@@ -86,6 +86,7 @@ class CompileScheduler:
             await self._loop(self.tick, "compile scheduler tick", self.wake)
         finally:
             keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
 
     async def _loop(self, step: Callable[[], Awaitable[None]], what: str, wake: asyncio.Event | None = None) -> None:
         while True:
@@ -119,11 +120,11 @@ class CompileScheduler:
         ctx = self.context()
         if ctx is None:  # engine not ready yet: its tokenizer is the compile target
             return
-        if not self._warm:
+        if not self.warm:
             await asyncio.to_thread(warm_caches, ctx)
             if self.preview is not None:
                 await asyncio.to_thread(self.preview.warm)
-            self._warm = True
+            self.warm = True
         for row in await asyncio.to_thread(self.store.pending):
             if await asyncio.to_thread(self.store.claim, row.request_id, row.version, self.worker):
                 await self.compile_one(ctx, row.request_id, row.version, row.spec)

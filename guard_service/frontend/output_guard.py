@@ -48,6 +48,7 @@ class _Choice:
     args: GuardArgs  # what its engine request runs under
     scanners: list[OutputScanner]
     held: list[ChoiceDelta] = field(default_factory=list)
+    unscanned: str = ""  # released text not yet fed to the scanners (report-only requests)
     released: str = ""  # text sent to the client
     released_ids: list[int] = field(default_factory=list)
     offset: int = 0  # where the current scanners' output begins in the choice's text
@@ -103,9 +104,11 @@ class OutputGuard:
             c.held = []
             return Step(ChoiceDelta(d.index, REFUSAL, [], None, CONTENT_FILTER))
         c.held.append(d)
-        if not self.holds:  # nothing acts: scan as it comes, for the report
-            for s in c.scanners:
-                s.feed(d.text)
+        if not self.holds:  # nothing acts: released at once, scanned a sentence at a time for the report
+            c.unscanned += d.text
+            if (d.finish_reason is not None or len(c.unscanned) > self.holdback_chars
+                    or _SENTENCE_END.search(c.unscanned)):
+                self._feed(c)
             return self._release(d.index, c, len(c.held))
         cut = self._boundary(c.held, final=d.finish_reason is not None)
         if not cut:
@@ -119,6 +122,14 @@ class OutputGuard:
         if leak is not None:
             return self._act(d.index, c, leak)
         return self._release(d.index, c, cut)
+
+    @staticmethod
+    def _feed(c: _Choice) -> None:
+        """Per token, the lexical scan's cost grows with the policies (a stream with 100 report-only policies ran
+        at 0.82x of the raw engine): text goes to the scanners in chunks."""
+        for s in c.scanners:
+            s.feed(c.unscanned)
+        c.unscanned = ""
 
     @staticmethod
     def _review(c: _Choice, upto: int) -> list[Any]:
@@ -187,6 +198,8 @@ class OutputGuard:
     def finish(self) -> None:
         """The end-of-output checks (semantic leaks: embeds). Blocking: call off the event loop."""
         for c in self.choices.values():
+            if c.unscanned:  # a choice that ended without a finish reason (aborted)
+                self._feed(c)
             c.found = c.past + self._offset(c, [x for s in c.scanners for x in s.finish()])
             c.past = []
 

@@ -112,12 +112,15 @@ def load_policy(policy_id: str, version: int, path: Path, stored_spec: dict,
 class PolicyRegistry:
     def __init__(self, store: PolicyStore, interval_s: float = 0.5, model_dir: Path | None = None,
                  target_names_in_metrics: bool = False, worker: str = "api",
-                 on_new: Callable[[list[str]], Awaitable[bool]] | None = None, artifacts_root: Path | None = None):
+                 on_new: Callable[[list[str], list[str]], Awaitable[bool]] | None = None,
+                 artifacts_root: Path | None = None):
         """`artifacts_root`: this replica's artifact folder (its engine worker's too); a version compiled by
         another replica is fetched into it from the store. None: read each version where it was compiled."""
         self.store = store
         self.artifacts_root = artifacts_root
-        self.on_new = on_new  # told about versions loaded here it has not taken yet (True: taken; worker preloads)
+        # told about versions loaded here it has not taken yet, and every version enforced here (True: taken; the
+        # worker preloads the new ones and drops what is no longer enforced)
+        self.on_new = on_new
         self._announced: set[str] = set()
         self.interval_s = interval_s
         self.model_dir = model_dir
@@ -227,10 +230,13 @@ class PolicyRegistry:
                 announcing.cancel()
 
     async def _announce(self) -> None:
-        fresh = [p.key for p in self.active() if p.key not in self._announced]
+        active = [p.key for p in self.active()]
+        fresh = [k for k in active if k not in self._announced]
+        if (not fresh and self._announced <= set(active)) or self.on_new is None:
+            return
         try:
-            if fresh and self.on_new is not None and await self.on_new(fresh):
-                self._announced.update(fresh)
+            if await self.on_new(fresh, active):
+                self._announced = set(active)
         except asyncio.CancelledError:
             raise
         except Exception:  # the worker loads them on first use instead

@@ -16,7 +16,7 @@ semantic score) matches only beside a `match` or an `evidence` finding; evidence
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -169,9 +169,10 @@ class GuardComponent:
         return None
 
     def row_guards(self, steering: list[tuple[Any, Any]], watching: list[tuple[Any, Any]],
-                   cache: dict[Any, Any]) -> list[RowGuard]:
+                   cache: MutableMapping[Any, Any]) -> list[RowGuard]:
         """`steering` / `watching`: (the worker's loaded policy, this component's part); `cache`: this
-        component's scratch space for state shared by rows with the same policies (evicted with them)."""
+        component's scratch space for state shared by rows with the same policies (evicted with them, and
+        beyond the most recent combinations)."""
         return []
 
     def dense_penalty(self, part: Any) -> torch.Tensor | None:

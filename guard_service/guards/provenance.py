@@ -10,6 +10,7 @@ continuations get a soft penalty so the model drifts away before the hard veto i
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,6 @@ class ProvenanceVeto(GuardComponent):
                          float(strength["semantic_penalty"]))
 
     def row_guards(self, steering: list[tuple[Any, Protected | None]], watching: list[tuple[Any, Protected | None]],
-                   cache: dict[Any, Any]) -> list[RowGuard]:
+                   cache: MutableMapping[Any, Any]) -> list[RowGuard]:
         return [_Row(part, steers, policy.vetoed())
                 for rows, steers in ((steering, True), (watching, False)) for policy, part in rows if part is not None]

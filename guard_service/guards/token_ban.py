@@ -7,6 +7,7 @@ arrays of the artifact."""
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,7 @@ class TokenBan(GuardComponent):
                     bool(artifact.manifest.strength["ban_forbidden"]))
 
     def row_guards(self, steering: list[tuple[Any, Trie]], watching: list[tuple[Any, Trie]],
-                   cache: dict[Any, Any]) -> list[RowGuard]:
+                   cache: MutableMapping[Any, Any]) -> list[RowGuard]:
         rows: list[RowGuard] = [_Row(part.trie, STEER_COMMIT, policy.penalized("token"))
                                 for policy, part in steering if part.ban]
         if watching:

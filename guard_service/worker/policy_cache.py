@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from cachetools import LRUCache
 
 from guard_service.guards import COMPONENTS
 from guard_service.guards.base import WorkerContext
@@ -53,12 +54,20 @@ def load(root: Path, key: PolicyKey, ctx: WorkerContext) -> LoadedPolicy:
     return LoadedPolicy(key, {c.name: c.load_worker(artifact, ctx) for c in COMPONENTS})
 
 
+COMBINATIONS = 64  # per component: more than the rows of one batch use at once
+
+
 class PolicyCache:
     def __init__(self, root: Path, ctx: WorkerContext, capacity: int = 1024):
+        """What is built per *combination* of policies (a combined penalty, one watch trie over every watched
+        policy) is kept for the most recent `COMBINATIONS` only: while policies are created and revoked, every
+        active set is a new combination, and keeping them all grew a worker by ~60 MB a minute in the soak.
+        A row keeps its own reference to what it uses."""
         self.root, self.ctx, self.capacity = root, ctx, capacity
         self._items: OrderedDict[PolicyKey, LoadedPolicy] = OrderedDict()
-        self._combined: dict[tuple[PolicyKey, ...], torch.Tensor] = {}
-        self.scratch: dict[str, dict[Any, Any]] = {c.name: {} for c in COMPONENTS}  # components' shared row state
+        self._combined: LRUCache[tuple[PolicyKey, ...], torch.Tensor | None] = LRUCache(COMBINATIONS)
+        # components' state shared by rows with the same policies
+        self.scratch: dict[str, LRUCache[Any, Any]] = {c.name: LRUCache(COMBINATIONS) for c in COMPONENTS}
         self._lock = threading.Lock()  # preloads (worker extension) and the engine step both load
 
     def get(self, key: PolicyKey) -> LoadedPolicy:
@@ -79,9 +88,17 @@ class PolicyCache:
         log.info("guard: loaded policy %s onto %s", key, self.ctx.device)
         return policy
 
+    def retain(self, keys: set[PolicyKey]) -> None:
+        """Keep only these versions (rows using another keep their own reference until they finish; a row that
+        names one later loads it again)."""
+        with self._lock:
+            for k in [k for k in self._items if k not in keys]:
+                self._evict(k)
+
     def _evict(self, key: PolicyKey) -> None:
         self._items.pop(key, None)
-        self._combined = {combo: t for combo, t in self._combined.items() if key not in combo}
+        for combo in [c for c in self._combined if key in c]:
+            del self._combined[combo]
         for scratch in self.scratch.values():
             for combo in [c for c in scratch if isinstance(c, tuple) and key in c]:
                 del scratch[combo]
