@@ -61,8 +61,9 @@ class PolicyCache:
     def __init__(self, root: Path, ctx: WorkerContext, capacity: int = 1024):
         """What is built per *combination* of policies (a combined penalty, one watch trie over every watched
         policy) is kept for the most recent `COMBINATIONS` only: while policies are created and revoked, every
-        active set is a new combination, and keeping them all grew a worker by ~60 MB a minute in the soak.
-        A row keeps its own reference to what it uses."""
+        active set is a new combination. Versions no longer enforced are dropped by `retain` (the API process
+        sends the enforced set); that, not this bound, is what stopped the soak's worker growth. A row keeps its
+        own reference to what it uses."""
         self.root, self.ctx, self.capacity = root, ctx, capacity
         self._items: OrderedDict[PolicyKey, LoadedPolicy] = OrderedDict()
         self._combined: LRUCache[tuple[PolicyKey, ...], torch.Tensor | None] = LRUCache(COMBINATIONS)
