@@ -5,8 +5,9 @@ and revokes policies every few seconds; stops itself.
 
 Recorded: every request's outcome and latency, errors and 5xx, p99 latency per window, the RSS and open file
 descriptors of every process of the server (API, engine core, workers), and policy violations: a request about
-the target of a policy that this server already enforced when the request started must be refused (it may also
-be refused when the policy came into force while it ran, or by a newer version). Targets: 0 errors, 0
+the target of a policy that this server enforced from before the request was sent until it was answered must be
+refused (it may also be refused when the policy came into force or was revoked while it ran, or by a newer
+version). Targets: 0 errors, 0
 violations, RSS growth < 5% after warm-up (the first quarter of the run).
 """
 
@@ -50,9 +51,11 @@ class Enforcement:
         with self.lock:
             self.intervals[target][-1][1] = at
 
-    def enforced(self, target: str, at: float) -> bool:
+    def enforced(self, target: str, began: float, ended: float) -> bool:
+        """In force from before the request was sent until after it was answered: it must have been refused. (A
+        request in flight when its policy was revoked may reach the server after the revocation and pass.)"""
         with self.lock:
-            return any(a <= at < b for a, b in self.intervals.get(target, []))
+            return any(a <= began and ended < b for a, b in self.intervals.get(target, []))
 
 
 @dataclass
@@ -187,7 +190,7 @@ def soak(server: Server, seconds: float, clients: int = 32, churn_s: float = 3.0
 def judge(began: float, seconds: float, outcomes: list[Outcome], samples: list[dict], enforcement: Enforcement,
           churn_log: list[dict], errors: list[BaseException]) -> dict:
     violations = [o for o in outcomes if o.target and o.status == 200 and not o.refused
-                  and enforcement.enforced(o.target, o.started)]
+                  and enforcement.enforced(o.target, o.started, o.started + o.seconds)]
     failed = [o for o in outcomes if o.error is not None or o.status != 200]
     warm = began + seconds / 4
     windows = []

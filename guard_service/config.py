@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     indexes_dir: Path = Field(default=Path("indexes"), description="server-side corpora a request may name")
     max_document_bytes: int = Field(default=32 * 1024 * 1024, description="protected text per request (413)")
     refresh_interval_s: float = Field(default=0.5, description="how often the store is polled for changes")
+    worker_heap_trim_s: float = Field(default=30.0, ge=0, description="how often the engine worker hands its freed "
+                                      "heap back to the OS (glibc keeps it; 0: never)")
     compile_lease_s: float = Field(default=30.0, gt=0, description="a compile claim is a lease this long, "
                                    "renewed while it runs; one whose process died is taken over after it")
     drain_s: float = Field(default=30.0, ge=0, description="on SIGTERM: how long in-flight requests and streams "

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from guard_service.config import Settings
 from guard_service.device import has_cuda
-from guard_service.protocol import PROCESSOR_FQCN, ROOT_CONFIG_KEY, WORKER_EXTENSION
+from guard_service.protocol import HEAP_TRIM_CONFIG_KEY, PROCESSOR_FQCN, ROOT_CONFIG_KEY, WORKER_EXTENSION
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -50,7 +50,8 @@ def engine_args(settings: Settings, guarded: bool = True) -> Any:
         logits_processors=[PROCESSOR_FQCN] if guarded else None,
         worker_extension_cls=WORKER_EXTENSION if guarded else "",
         # the artifact root reaches the worker once, here, not in every request (protocol.py)
-        additional_config={ROOT_CONFIG_KEY: str(settings.path(settings.policies_dir))} if guarded else {},
+        additional_config={ROOT_CONFIG_KEY: str(settings.path(settings.policies_dir)),
+                           HEAP_TRIM_CONFIG_KEY: settings.worker_heap_trim_s} if guarded else {},
         # Logprobs after the guard's logits processor (and penalties, temperature): a client never sees the
         # unguarded distribution, in which a banned name would still be the likeliest token.
         logprobs_mode="processed_logprobs",
@@ -98,10 +99,14 @@ class EngineHolder:
         return self.engine
 
     async def watch(self, on_dead: Callable[[BaseException | None], None], interval_s: float = 0.2) -> None:
-        """`on_dead` once the running engine dies (its worker killed, out of memory): this process can no longer
-        serve and must stop so that its supervisor starts a fresh one."""
-        while self.engine is None or not self.engine.errored:
+        """`on_dead` once the engine fails to start or the running engine dies (its worker killed, out of
+        memory): this process can no longer serve and must stop so that its supervisor starts a fresh one (or
+        shows the crash loop of a setting that can never work)."""
+        while self.error is None and (self.engine is None or not self.engine.errored):
             await asyncio.sleep(interval_s)
+        if self.error is not None:
+            on_dead(self.error)  # logged where it failed
+            return
         log.error("the engine died: %s", self.engine.dead_error)
         on_dead(self.engine.dead_error)
 

@@ -6,7 +6,7 @@ Per request, vLLM carries a flat dict (`SamplingParams.extra_args`, msgpack'd to
     guard_watch     "pol_c@2"          every other applicable version: watch mode (verbatim protections only)
     guard_marker    17                 the token the worker forces when it must end a row closed
 Per process, the artifact root reaches the worker once, through the engine's `additional_config`
-(`ROOT_CONFIG_KEY`), not in every request.
+(`ROOT_CONFIG_KEY`), not in every request; so does how often it trims its heap (`HEAP_TRIM_CONFIG_KEY`).
 
 Failing closed is explicit: the API puts the marker token in the request's `stop_token_ids`, the worker never
 lets a guarded row produce it except to end the row, so vLLM reports `stop_reason == marker` exactly for rows
@@ -22,6 +22,7 @@ POLICIES_ARG = "guard_policies"
 WATCH_ARG = "guard_watch"
 MARKER_ARG = "guard_marker"
 ROOT_CONFIG_KEY = "guard_policies_root"
+HEAP_TRIM_CONFIG_KEY = "guard_heap_trim_s"
 PROCESSOR_FQCN = "guard_service.worker.logits_processor:GuardLogitsProcessor"
 WORKER_EXTENSION = "guard_service.worker.extension.GuardWorkerExtension"
 

@@ -19,6 +19,7 @@ import openai
 import psutil
 import pytest
 
+from bench.processes import launch_server
 from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, start_server, stop_server, wait_status
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -92,6 +93,18 @@ def test_a_dead_engine_worker_fails_requests_with_503_and_the_process_exits_nonz
             time.sleep(0.05)
         print(f"engine worker killed: health 503 / stream error after {time.monotonic() - killed:.2f} s")
         assert server.proc.wait(90) not in (0, None), server.log_tail()
+    finally:
+        stop_server(server)
+
+
+def test_an_engine_that_cannot_start_makes_the_process_exit_nonzero(model_dir: Path, tmp_path: Path) -> None:
+    """A setting the engine rejects (a context longer than the model's): the process exits non-zero, as when a
+    running engine dies, so that its supervisor restarts it or shows the crash loop; the log says why."""
+    server = launch_server(tmp_path, {"GUARD_MAX_MODEL_LEN": "1000000"})
+    try:
+        code = server.proc.wait(180)
+        assert code == 3, server.log_tail()
+        assert "engine failed to start" in server.log.read_text(errors="replace")
     finally:
         stop_server(server)
 

@@ -92,7 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         holder.start()
 
         def engine_died(_: BaseException | None) -> None:
-            # In-flight requests already end with 503 engine_dead; the server drains and exits non-zero.
+            # In-flight requests already end with 503 engine_dead; the server drains and exits non-zero (also when
+            # the engine never started: see EngineHolder.watch).
             app.state.exit_code = 3
             signal.raise_signal(signal.SIGTERM)
 

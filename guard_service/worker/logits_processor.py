@@ -29,7 +29,8 @@ from guard_service.guards import COMPONENTS
 from guard_service.guards.base import GuardComponent, RowGuard, WorkerContext
 from guard_service.metrics import definitions as metrics
 from guard_service.policy.tokenization import TokenClasses, token_classes
-from guard_service.protocol import ROOT_CONFIG_KEY, GuardArgs
+from guard_service.protocol import HEAP_TRIM_CONFIG_KEY, ROOT_CONFIG_KEY, GuardArgs
+from guard_service.worker.heap import HeapTrimmer
 from guard_service.worker.policy_cache import LoadedPolicy, PolicyCache
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ class GuardLogitsProcessor(LogitsProcessor):
         self.vocab_size = vllm_config.model_config.get_vocab_size()
         self.eos_id = self._eos(vllm_config)
         classes = self._classes(vllm_config)
-        root = Path((vllm_config.additional_config or {}).get(ROOT_CONFIG_KEY, "policies"))
+        config = vllm_config.additional_config or {}
+        root = Path(config.get(ROOT_CONFIG_KEY, "policies"))
+        self.heap = HeapTrimmer(float(config.get(HEAP_TRIM_CONFIG_KEY, 0)))
         self.cache = PolicyCache(root, WorkerContext(self.vocab_size, device, classes))
         _CACHES[id(self)] = self.cache
         self.word_continuing = torch.zeros(self.vocab_size, dtype=torch.bool)
@@ -141,6 +144,7 @@ class GuardLogitsProcessor(LogitsProcessor):
         return RowState(steering, output_ids, guards, args.marker)
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
+        self.heap.maybe()
         try:
             process_dict_updates(self.rows, batch_update, self._new_state)
         except Exception:
