@@ -35,6 +35,7 @@ import openai
 
 from bench.common import free_port, median, percentile, print_table, running_app, write_json
 from bench.throughput import timed_stream
+from guard_service.cli import ONEDNN_CACHE
 from guard_service.config import Settings
 from guard_service.device import has_cuda
 
@@ -216,6 +217,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault(*ONEDNN_CACHE)  # as `guard-service serve` runs, for both arms
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--tokens", type=int, default=64)
