@@ -11,7 +11,7 @@ import pytest
 from guard_service.worker.heap import HeapTrimmer
 
 CHUNK = 64 * 1024  # under glibc's mmap threshold: these come from the heap, as a step's small tensors do
-CHUNKS = 3200  # 200 MiB
+CHUNKS = 3200  # 200 MiB, half of it freed
 
 
 def test_a_due_trim_returns_a_fragmented_heap_to_the_os() -> None:
@@ -24,16 +24,16 @@ def test_a_due_trim_returns_a_fragmented_heap_to_the_os() -> None:
     chunks = [libc.malloc(CHUNK) for _ in range(CHUNKS)]
     for c in chunks:
         ctypes.memset(c, 1, CHUNK)  # resident
-    pin = libc.malloc(64)  # above them: the heap's top cannot shrink past it on its own
-    for c in chunks:
+    for c in chunks[::2]:  # holes between live chunks: glibc keeps them (only the heap's top shrinks on its own)
         libc.free(c)
     freed_but_kept = rss().rss
     trimmer = HeapTrimmer(every_s=0.05)
     trimmer.maybe()  # not due yet: nothing happens
-    assert rss().rss > freed_but_kept - 50 * 2**20
+    assert rss().rss > freed_but_kept - 20 * 2**20
     time.sleep(0.1)
     trimmer.maybe()
     after = rss().rss
-    libc.free(pin)
+    for c in chunks[1::2]:
+        libc.free(c)
     print(f"RSS {freed_but_kept / 2**20:.0f} MiB -> {after / 2**20:.0f} MiB after the trim")
-    assert freed_but_kept - after > 150 * 2**20
+    assert freed_but_kept - after > 60 * 2**20  # of 100 MiB in holes
