@@ -28,7 +28,8 @@ RUN python3 -m venv $VIRTUAL_ENV \
 # The embedded model is converted at build time so a container starts without network access.
 ENV GUARD_CACHE_DIR=/opt/guard-cache
 RUN guard-service prepare-model
-# Policies, indexes and the store live on volumes shared by every replica.
+# The store (SQLite: replicas on one box share it), indexes and this replica's policy artifacts live on /data;
+# replicas on several machines use PostgreSQL (GUARD_STORE_URL) and fetch each other's artifacts from it.
 ENV GUARD_HOST=0.0.0.0 GUARD_PORT=8000 GUARD_DATA_DIR=/data GUARD_INDEXES_DIR=/data/indexes \
     GUARD_POLICIES_DIR=/data/policies GUARD_STORE_URL=sqlite:////data/store/guard.sqlite3
 VOLUME ["/data"]
