@@ -2,9 +2,9 @@
 
 Every step frees tensors and lists of a different size (batch shapes, row guards, policies loaded and dropped
 under churn); glibc keeps what was freed inside its arenas, and fragmentation stops it giving the pages back on
-its own. The soak measured the worker's RSS climbing 35-50 MB a minute that way, all of it free memory: one
-`malloc_trim(0)` took its heap back to the start-up level. vLLM's CPU build would preload tcmalloc when bundled; where
-the C library has no `malloc_trim` (musl, or another allocator interposed) this does nothing.
+its own. The soak measured the worker's RSS climbing 35-50 MB a minute that way, and one `malloc_trim(0)` took
+its heap back to the start-up level (what grew after that was oneDNN's kernel cache: see cli.py). Where the C
+library has no `malloc_trim` (musl) this does nothing; under another allocator (jemalloc, tcmalloc) it is a no-op.
 """
 
 from __future__ import annotations
