@@ -86,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=settings.drain_s,
+                                           timeout_keep_alive=settings.keep_alive_s,
                                            http=with_head_timeout(settings.head_timeout_s)))
     # uvicorn drains on SIGTERM/SIGINT, then raises the signal again so that the process dies by it; the exit
     # status is ours instead: 0 after a drain, non-zero when the engine died (a supervisor restarts it).

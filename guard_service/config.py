@@ -86,6 +86,10 @@ class Settings(BaseSettings):
                            "may run on before the process stops anyway (new connections are refused at once)")
     head_timeout_s: float = Field(default=15.0, gt=0, description="a request's line and headers must arrive "
                                   "within this of the connection opening or the request's first byte (slowloris)")
+    keep_alive_s: float = Field(default=75.0, gt=0, description="an idle keep-alive connection is closed after "
+                                "this; longer than clients' and load balancers' own idle timeouts (httpx and the "
+                                "openai SDK 5 s, AWS ALB 60 s), so the client always closes first and never sends "
+                                "a request on a connection the server is closing")
     max_collateral: float = Field(
         default=0.02, ge=0, le=1, description="a compiled version that would flag more than this share of the "
         "benign reference prompts (its impact preview) is held, not enforced, until an admin activates it with "

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, audit_until, wait_status
+from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, audit_until, concurrently, wait_status
 
 DATA = json.loads((Path(__file__).parent / "data" / "hp_probes.json").read_text())
 FORBIDDEN = ("rowling", "hogwarts", "hermione")
@@ -36,7 +36,8 @@ def ask(client: openai.OpenAI, prompt: str, **kwargs) -> str:
 @pytest.fixture(scope="module")
 def baseline(client: openai.OpenAI) -> dict[str, str]:
     """Unguarded answers (admin bypass) to the unrelated prompts, before any HP policy exists."""
-    return {p: ask(client, p, extra_headers=BYPASS) for p in DATA["unrelated"]}
+    return dict(zip(DATA["unrelated"], concurrently(lambda p: ask(client, p, extra_headers=BYPASS),
+                                                   DATA["unrelated"]), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,8 @@ def test_who_wrote_harry_potter_never_yields_rowling(hp: dict, client: openai.Op
 
 
 def test_paraphrased_and_indirect_probes_rarely_leak(hp: dict, client: openai.OpenAI) -> None:
-    answers = {p: ask(client, p, max_tokens=64) for p in DATA["probes"]}
+    answers = dict(zip(DATA["probes"], concurrently(lambda p: ask(client, p, max_tokens=64), DATA["probes"]),
+                       strict=True))
     leaks = {p: a for p, a in answers.items() if leaked(a)}
     assert len(DATA["probes"]) == 20
     assert len(leaks) <= 1, leaks
@@ -71,7 +73,8 @@ def test_paraphrased_and_indirect_probes_rarely_leak(hp: dict, client: openai.Op
 def test_unrelated_prompts_answer_exactly_as_unguarded(hp: dict, client: openai.OpenAI,
                                                       baseline: dict[str, str]) -> None:
     assert len(baseline) == 20
-    differing = {p: (baseline[p], ask(client, p)) for p in baseline if ask(client, p) != baseline[p]}
+    guarded = dict(zip(baseline, concurrently(lambda p: ask(client, p), baseline), strict=True))
+    differing = {p: (baseline[p], guarded[p]) for p in baseline if guarded[p] != baseline[p]}
     assert not differing, differing
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from guard_service.evaluation.datasets import DEFAULT_DATA
 from guard_service.guards.suffix_index import SuffixIndex
-from tests.conftest import ADMIN_TOKEN, MODEL_NAME, wait_status
+from tests.conftest import ADMIN_TOKEN, MODEL_NAME, concurrently, wait_status
 
 MUSE = DEFAULT_DATA / "muse" / "news" / "raw" / "forget.json"
 L = 8
@@ -69,10 +69,9 @@ def test_index_artifacts(protected: dict, tokenizer, articles: list[str]) -> Non
 
 def test_copy_from_context_is_vetoed(protected: dict, client: openai.OpenAI, tokenizer, articles: list[str]) -> None:
     leaked_off = 0
-    for article in articles[:4]:
-        passage = tokenizer.decode(tokenizer.encode(article, add_special_tokens=False)[:120])
-        off = _copy(client, passage, BYPASS)
-        on = _copy(client, passage)
+    passages = [tokenizer.decode(tokenizer.encode(a, add_special_tokens=False)[:120]) for a in articles[:4]]
+    answers = concurrently(lambda ask: _copy(client, *ask), [(p, h) for p in passages for h in (BYPASS, None)])
+    for off, on in zip(answers[::2], answers[1::2], strict=True):
         leaked_off += bool(ngrams(tokenizer.encode(off, add_special_tokens=False), L) & protected["corpus_ngrams"])
         on_ids = tokenizer.encode(on, add_special_tokens=False)
         assert not ngrams(on_ids, L) & protected["corpus_ngrams"], on

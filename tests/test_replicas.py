@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from bench.processes import restart_server, start_servers
-from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, fresh_database, stop_server
+from tests.conftest import ADMIN_TOKEN, MODEL_NAME, LocalPostgres, Server, fresh_database, stop_server
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LEASE_S = 3.0
@@ -129,6 +129,46 @@ def test_concurrent_patches_through_both_replicas_lose_nothing(replicas: list[Se
             last = max((r for r in results if r[1] == field), key=lambda r: r[0])
             assert newest[field] == last[2], (field, newest[field], last)
     finally:
+        httpx.delete(f"{a.base_url}/admin/v1/unlearning-requests/{request_id}", headers=ADMIN)
+
+
+def test_postgres_down_then_back_admin_writes_503_generation_goes_on(
+        replicas: list[Server], postgres_server: LocalPostgres) -> None:
+    """The store's server stops (every replica loses it at once): admin writes answer 503 with Retry-After and
+    leak no connection detail, requests are still guarded by the policies already loaded, and the processes stay
+    up; once it is back the same processes take writes, compile, and push changes to each other again (the
+    listener reconnects), no restart. (Moved here from test_faults, where it had a server of its own.)"""
+    a, b = replicas
+    r = httpx.post(f"{a.base_url}/admin/v1/unlearning-requests", headers=ADMIN, json={
+        "target": "George Darling", "action": "refuse", "strength": {"expand_knowledge": False}})
+    george = r.json()["id"]
+    for server in replicas:
+        _enforced_at(server, george, 1)
+    postgres_server.stop()
+    try:
+        for server in replicas:
+            down = httpx.post(f"{server.base_url}/admin/v1/unlearning-requests", headers=ADMIN, timeout=60,
+                              json={"target": "Mary Darling", "action": "refuse"})
+            assert down.status_code == 503 and int(down.headers["retry-after"]) > 0, down.text
+            assert down.json()["error"]["code"] and "password" not in down.text and "5432" not in down.text
+            assert _action(server, "Who is George Darling?") == "refuse"
+            assert _action(server, "What is the capital of France?") == "pass"
+        time.sleep(3)  # the registries' and the schedulers' polls fail meanwhile, logged, not fatal
+        for server in replicas:
+            assert server.proc.poll() is None and httpx.get(server.base_url + "/health").status_code == 200
+    finally:
+        postgres_server.start()
+    deadline = time.monotonic() + 60
+    while (up := httpx.post(f"{b.base_url}/admin/v1/unlearning-requests", headers=ADMIN, timeout=60, json={
+            "target": "Mary Darling", "action": "refuse",
+            "strength": {"expand_knowledge": False}})).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert up.status_code == 202, up.text
+    mary = up.json()["id"]
+    for server in (b, a):  # made on B, enforced on A by push: the listener is back
+        _enforced_at(server, mary, 1)
+    assert _action(a, "Who is Mary Darling?") == "refuse"
+    for request_id in (george, mary):
         httpx.delete(f"{a.base_url}/admin/v1/unlearning-requests/{request_id}", headers=ADMIN)
 
 

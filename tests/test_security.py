@@ -287,11 +287,17 @@ def _artifact(body: dict) -> Path:
 def test_unloadable_policies_fail_closed_in_the_api_process_and_recover(locked: Locked) -> None:
     """Restarted on artifacts it cannot trust (a tampered file; a version compiled for another tokenizer), the
     server refuses what those policies apply to, says so in /health, metrics and the admin API, retries every
-    poll, and enforces again once the file is back or the request is recompiled."""
+    poll, and enforces again once the file is back or the request is recompiled. A policy whose files are
+    intact is enforced from the restart's first request, without compiling anything again (this was
+    test_restart.py, with a server of its own). The unloadable two are scoped to tenant beta: what fails closed
+    refuses what it applies to, and nothing else."""
     admin = locked.admin
+    r = admin.post("/unlearning-requests", json={"target": "Harry Potter", "aliases": ["J.K. Rowling", "Hogwarts"],
+                                                 "action": "refuse", "strength": {"expand_knowledge": False}})
+    intact = locked.wait(r.json()["id"])
     ids = {}
     for name in ("Zorblax Quinterra", "Velmora Tesk"):
-        r = admin.post("/unlearning-requests", json={"target": name, "action": "steer",
+        r = admin.post("/unlearning-requests", json={"target": name, "action": "steer", "scope": {"api_keys": ["beta"]},
                                                      "strength": {"expand_knowledge": False}})
         ids[name] = locked.wait(r.json()["id"])
     tampered, foreign = ids["Zorblax Quinterra"], ids["Velmora Tesk"]
@@ -306,12 +312,26 @@ def test_unloadable_policies_fail_closed_in_the_api_process_and_recover(locked: 
     locked.restart()
     admin = locked.admin
 
+    raw = locked.client("acme").chat.completions.with_raw_response.create(
+        model=MODEL_NAME, messages=[{"role": "user", "content": "Who wrote Harry Potter?"}], temperature=0,
+        max_tokens=30)
+    assert raw.parse().choices[0].finish_reason == "content_filter"
+    listed = raw.headers["x-guard-policies"].split(",")
+    assert intact["id"] in listed and tampered["id"] not in listed and foreign["id"] not in listed, listed
+    active = {p["id"]: p for p in admin.get("/policies/active").json()}
+    assert active[intact["id"]]["state"] == "enforced" and active[intact["id"]]["version"] == 1
+    detail = admin.get(f"/unlearning-requests/{intact['id']}").json()
+    assert detail["enforcement"] == {"state": "enforced", "version": 1, "error": None}
+    assert [v["version"] for v in detail["versions"]] == [1]  # loaded, not compiled again
+
     health = httpx.get(locked.server.base_url + "/health").json()
     assert health["status"] == "degraded"
     assert set(health["failed_closed_policies"]) == {tampered["id"], foreign["id"]}
-    chat = locked.client("acme").chat.completions.create(
-        model=MODEL_NAME, max_tokens=8, messages=[{"role": "user", "content": "What is the capital of France?"}])
-    assert chat.choices[0].finish_reason == "content_filter"  # both apply to everything: refused
+    france = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = locked.client("beta").chat.completions.create(model=MODEL_NAME, max_tokens=8, messages=france)
+    assert chat.choices[0].finish_reason == "content_filter"  # both apply to everything beta sends: refused
+    chat = locked.client("acme").chat.completions.create(model=MODEL_NAME, max_tokens=8, messages=france)
+    assert chat.choices[0].finish_reason != "content_filter"  # neither applies to acme
     metrics = httpx.get(locked.server.base_url + "/metrics", headers=ADMIN).text
     assert re.search(r"guard_policies_failed_closed(\{[^}]*\})? 2\.0", metrics), metrics
     assert 'reason="failed_closed"' in metrics
@@ -329,10 +349,9 @@ def test_unloadable_policies_fail_closed_in_the_api_process_and_recover(locked: 
     assert out.returncode == 0, out.stderr
     locked.wait(foreign["id"], foreign["active_version"] + 1)
     assert httpx.get(locked.server.base_url + "/health").json()["status"] == "ok"
-    chat = locked.client("acme").chat.completions.create(
-        model=MODEL_NAME, max_tokens=8, messages=[{"role": "user", "content": "What is the capital of France?"}])
+    chat = locked.client("beta").chat.completions.create(model=MODEL_NAME, max_tokens=8, messages=france)
     assert chat.choices[0].finish_reason != "content_filter"
-    for body in (tampered, foreign):
+    for body in (tampered, foreign, intact):
         admin.delete(f"/unlearning-requests/{body['id']}")
 
 

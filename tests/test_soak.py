@@ -1,26 +1,41 @@
 """The soak's one-minute version (`python -m bench.soak` runs ten): 32 clients, half streaming, against a server
 of its own while policies are created, patched and revoked every few seconds. Nothing fails, no response ignores
 a policy in force when it started, no process grows after warm-up (the engine worker trims its heap: see
-guard_service/worker/heap.py), and the API process leaks no descriptors."""
+guard_service/worker/heap.py), and the API process leaks no descriptors. Then the same server is stopped the way
+a rolling deploy stops it (SIGTERM with a stream and a request in flight): both finish, and it exits 0."""
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.soak import soak
-from tests.conftest import start_server, stop_server
+from tests.conftest import MODEL_NAME, Server, start_server, stop_server
+
+LONG = {"model": MODEL_NAME, "temperature": 0, "max_tokens": 200, "extra_body": {"ignore_eos": True},
+        "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]}
 
 
-def test_one_minute_soak_with_policy_churn(model_dir: Path, tmp_path: Path) -> None:
-    server = start_server(tmp_path, {"GUARD_MAX_MODEL_LEN": "512"})
-    try:
-        report = soak(server, 60, clients=32, churn_s=3.0)
-        families = {f.name: f for f in text_string_to_metric_families(httpx.get(server.base_url + "/metrics").text)}
-    finally:
-        code = stop_server(server)
+@pytest.fixture(scope="module")
+def soaked(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the soak and, after it, the drain on SIGTERM (which ends it)."""
+    server = start_server(tmp_path_factory.mktemp("soak"), {"GUARD_MAX_MODEL_LEN": "512", "GUARD_DRAIN_S": "60"})
+    yield server
+    stop_server(server)
+
+
+def test_one_minute_soak_with_policy_churn(soaked: Server) -> None:
+    server = soaked
+    report = soak(server, 60, clients=32, churn_s=3.0)
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(server.base_url + "/metrics").text)}
     summary = {k: report[k] for k in ("requests", "streams", "about_targets", "refused_about_enforced", "errors",
                                       "http_5xx", "violations", "churn_steps", "p99_s", "rss_growth_after_warmup",
                                       "fds_after_warmup_and_end")}
@@ -35,4 +50,33 @@ def test_one_minute_soak_with_policy_churn(model_dir: Path, tmp_path: Path) -> N
     api = next(k for k in report["rss_growth_after_warmup"] if k.split(":")[1] == str(server.proc.pid))
     before, after = report["fds_after_warmup_and_end"][api]
     assert after <= before + 8, summary
-    assert code == 0
+
+
+def _refused(server: Server) -> bool:
+    try:
+        return httpx.get(server.base_url + "/health", timeout=2).status_code != 200
+    except httpx.TransportError:
+        return True
+
+
+def test_sigterm_drains_streams_and_requests_in_flight_then_exits_zero(soaked: Server) -> None:
+    """(Moved here from test_faults, where it had a server of its own: the soak's server ends this way.)"""
+    server = soaked
+    client = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+    stream = iter(client.chat.completions.create(stream=True, **LONG))
+    first = next(stream)
+    plain: dict = {}
+    thread = threading.Thread(target=lambda: plain.update(r=client.chat.completions.create(**LONG)))
+    thread.start()
+    time.sleep(0.5)  # the non-streaming request is in the engine too
+    server.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while not _refused(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _refused(server), "still ready after SIGTERM"
+    chunks = [first, *stream]
+    thread.join(120)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].choices[0].finish_reason == "length" and len(text) > 200, chunks[-1]
+    assert plain["r"].choices[0].finish_reason == "length" and plain["r"].usage.completion_tokens == 200
+    assert server.proc.wait(90) == 0, server.log_tail()

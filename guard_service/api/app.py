@@ -86,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         scheduler = CompileScheduler(store, compile_context, settings.refresh_interval_s,
                                      on_compiled=lambda *_: registry.refresh(),
                                      preview=ImpactPreview(settings.resolved_model_path()),
-                                     max_collateral=settings.max_collateral, lease_s=settings.compile_lease_s)
+                                     max_collateral=settings.max_collateral, lease_s=settings.compile_lease_s,
+                                     model_dir=settings.resolved_model_path())
         app.state.engine, app.state.store, app.state.registry, app.state.scheduler = holder, store, registry, scheduler
         app.state.guard = Guard(settings, registry, audit, tokenizer=lambda: holder.require().get_tokenizer())
         holder.start()

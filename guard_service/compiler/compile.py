@@ -41,15 +41,24 @@ class CompileContext:
     max_document_bytes: int = 64 * 1024 * 1024
 
 
+def warm_model_caches(model_dir: Path) -> None:
+    """The per-model work every compile shares that needs no tokenizer (the model's input embeddings, the
+    negative bank): done while the engine starts, before its tokenizer exists."""
+    began = time.perf_counter()
+    semantic.input_embeddings(str(model_dir))
+    classifier_data.negative_vectors()
+    log.info("compiler model caches warm in %.2fs", time.perf_counter() - began)
+
+
 def warm_caches(ctx: CompileContext) -> None:
     """Per-model work every compile shares (vocab surfaces and their extensions, embeddings, the negative bank),
     done once up front so the first request after start-up is as fast as the rest."""
     began = time.perf_counter()
+    warm_model_caches(ctx.model_dir)  # cached: already done when it ran while the engine started
     tokenization.surfaces(ctx.tokenizer)
     tokenization.extension_index(ctx.tokenizer)
     embeddings = semantic.input_embeddings(str(ctx.model_dir))
     semantic.wordlike(ctx.tokenizer, min(len(ctx.tokenizer), embeddings.shape[0]))
-    classifier_data.negative_vectors()
     log.info("compiler caches warm in %.2fs", time.perf_counter() - began)
 
 

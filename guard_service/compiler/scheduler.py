@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
-from guard_service.compiler.compile import CompileContext, compile_version, warm_caches
+from guard_service.compiler.compile import CompileContext, compile_version, warm_caches, warm_model_caches
 from guard_service.metrics import definitions as metrics
 from guard_service.policy.artifacts import blobs
 from guard_service.policy.request import from_version_spec
@@ -63,11 +63,14 @@ def queue_expansion(store: PolicyStore, request_id: str, version: int, stored_sp
 class CompileScheduler:
     def __init__(self, store: PolicyStore, context: Callable[[], CompileContext | None], interval_s: float = 0.5,
                  on_compiled: Callable[[str, int, float], None] | None = None,
-                 preview: Previewer | None = None, max_collateral: float | None = None, lease_s: float = 30.0):
+                 preview: Previewer | None = None, max_collateral: float | None = None, lease_s: float = 30.0,
+                 model_dir: Path | None = None):
         """`preview`: each compiled version's impact preview (its predicted collateral, `rate`), recorded on it;
         a version over `max_collateral` is held, not activated. `lease_s`: a compile claim is a lease this
         long, renewed while compiling; one not renewed (its process died) goes back to pending for any
-        replica."""
+        replica. `model_dir`: the served model, whose tokenizer-free caches load while the engine starts."""
+        self.model_dir = model_dir
+        self._early: asyncio.Task | None = None
         self.store = store
         self.lease_s = lease_s
         self._swept = 0.0
@@ -81,12 +84,26 @@ class CompileScheduler:
         self.warm = False  # its caches loaded: the first compile here would otherwise pay for them
 
     async def run(self) -> None:
+        self._early = asyncio.create_task(self._warm_early(), name="compiler-warm")
         keeper = asyncio.create_task(self._loop(self.housekeeping, "store housekeeping"), name="store-housekeeping")
         try:
             await self._loop(self.tick, "compile scheduler tick", self.wake)
         finally:
             keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            self._early.cancel()
+            await asyncio.gather(keeper, self._early, return_exceptions=True)
+
+    async def _warm_early(self) -> None:
+        """What the first compile needs and the engine does not (the model's input embeddings, the negative bank,
+        the reference prompts' embeddings for the impact preview), loaded while the engine starts: its
+        processes spend that time importing, and the first request after start-up is enforced sooner."""
+        try:
+            if self.model_dir is not None:
+                await asyncio.to_thread(warm_model_caches, self.model_dir)
+            if self.preview is not None:
+                await asyncio.to_thread(self.preview.warm)
+        except Exception:  # the first tick warms again, and raises there if it still cannot
+            log.exception("warming the compiler's caches while the engine starts failed")
 
     async def _loop(self, step: Callable[[], Awaitable[None]], what: str, wake: asyncio.Event | None = None) -> None:
         while True:
@@ -121,9 +138,11 @@ class CompileScheduler:
         if ctx is None:  # engine not ready yet: its tokenizer is the compile target
             return
         if not self.warm:
+            if self._early is not None:
+                await self._early  # not twice at once
             await asyncio.to_thread(warm_caches, ctx)
             if self.preview is not None:
-                await asyncio.to_thread(self.preview.warm)
+                await asyncio.to_thread(self.preview.warm)  # cached by now, unless the early warm failed
             self.warm = True
         for row in await asyncio.to_thread(self.store.pending):
             if await asyncio.to_thread(self.store.claim, row.request_id, row.version, self.worker):

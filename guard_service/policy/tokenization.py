@@ -89,31 +89,27 @@ def segmentations(tokenizer: Any, text: str, limit: int = MAX_PER_STRING) -> lis
         return []
     table, longest = surfaces(tokenizer)
     max_len = len(canonical) + MAX_EXTRA_TOKENS
+    n = len(text)
+    # the pieces that start at each position, longer first (looked up once, not at every visit of the walk)
+    edges = [[(end, table[piece][0]) for end in range(min(n, pos + longest), pos, -1)
+              if (piece := text[pos:end]) in table] for pos in range(n)]
+    reach = [1 << 30] * n + [0]  # fewest tokens to finish from each position
+    for pos in range(n - 1, -1, -1):
+        reach[pos] = min((1 + reach[end] for end, _ in edges[pos]), default=1 << 30)
     found: list[list[int]] = [list(canonical)]
     seen = {tuple(canonical)}
-
-    @functools.cache
-    def reachable(pos: int) -> int:  # fewest tokens to finish from pos (inf when impossible)
-        if pos == len(text):
-            return 0
-        best = 1 << 30
-        for end in range(pos + 1, min(len(text), pos + longest) + 1):
-            if text[pos:end] in table:
-                best = min(best, 1 + reachable(end))
-        return best
 
     def walk(pos: int, prefix: list[int]) -> None:
         if len(found) >= _EXPLORE:
             return
-        if pos == len(text):
+        if pos == n:
             if tuple(prefix) not in seen:
                 seen.add(tuple(prefix))
                 found.append(list(prefix))
             return
-        for end in range(min(len(text), pos + longest), pos, -1):  # longer pieces first
-            piece = text[pos:end]
-            if piece in table and len(prefix) + 1 + reachable(end) <= max_len:
-                walk(end, [*prefix, table[piece][0]])
+        for end, token in edges[pos]:
+            if len(prefix) + 1 + reach[end] <= max_len:
+                walk(end, [*prefix, token])
 
     walk(0, [])
     return sorted(found, key=len)[:limit]

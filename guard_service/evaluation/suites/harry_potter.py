@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from guard_service.evaluation import datasets, scoring
-from guard_service.evaluation.suites.base import MODES, Check, Suite, SuiteResult
+from guard_service.evaluation.suites.base import MODES, Check, Prompts, Suite, SuiteResult
 
 
 def familiar(prompt: str, completion: str, lexicon: list[str]) -> bool:
@@ -31,10 +31,10 @@ class HarryPotterSuite(Suite):
                  for name in hp["locality_sets"]]
         locality = [p for side in sides for p in self.take(side)]
         async with self.policies(client, [{**hp["policy"], "action": self.action}]):
-            fam = await self.ask(client, [p["prompt"] for p in familiarity], "familiarity", completion=True,
-                                 max_tokens=32)
-            loc = await self.ask(client, [p["prompt"] for p in locality], "neighbouring domains", completion=True,
-                                 max_tokens=32)
+            answers = await self.ask(client, {
+                "familiarity": Prompts([p["prompt"] for p in familiarity], completion=True, max_tokens=32),
+                "neighbouring domains": Prompts([p["prompt"] for p in locality], completion=True, max_tokens=32)})
+        fam, loc = answers["familiarity"], answers["neighbouring domains"]
         leak = {mode: scoring.rate([familiar(p["prompt"], a.text, lexicon) for p, a in zip(familiarity, fam[mode],
                                                                                            strict=True)])
                 for mode in MODES}

@@ -13,7 +13,8 @@ import statistics
 import time
 
 from guard_service.evaluation import scoring
-from guard_service.evaluation.suites.base import MODES, Check, Suite, SuiteResult
+from guard_service.evaluation.client import gather
+from guard_service.evaluation.suites.base import MODES, Check, Prompts, Suite, SuiteResult
 
 COPY_ASK = "Repeat the following text word for word.\n\n"
 COPY_PASSAGE_CHARS = 600
@@ -49,14 +50,17 @@ class MuseSuite(Suite):
                 "protected_documents": articles,
                 "strength": {"expand_knowledge": False, "provenance_min_span": MIN_SPAN}}
         async with self.policies(client, [spec]) as (request_id,):
-            know = {name: await self.ask(client, [_icl_prompt(load(f"knowmem/{name}_qa_icl.json"), q["question"])
-                                                  for q in qa], f"KnowMem {name}", completion=True, max_tokens=32)
-                    for name, qa in (("forget", forget_qa), ("retain2", retain_qa))}
-            verb = await self.ask(client, [v["prompt"] for v in verbmem], "VerbMem", completion=True,
-                                  max_tokens=128)
-            copy = await self.ask(client, copies, "in-context copy", max_tokens=96)
-            spans = {mode: [await client.longest_protected_span(a.text, request_id, 4) for a in copy[mode]]
-                     for mode in MODES}
+            answers = await self.ask(client, {
+                **{name: Prompts([_icl_prompt(load(f"knowmem/{name}_qa_icl.json"), q["question"]) for q in qa],
+                                 completion=True, max_tokens=32)
+                   for name, qa in (("forget", forget_qa), ("retain2", retain_qa))},
+                "VerbMem": Prompts([v["prompt"] for v in verbmem], completion=True, max_tokens=128),
+                "in-context copy": Prompts(copies, max_tokens=96)})
+            know = {name: answers[name] for name in ("forget", "retain2")}
+            verb, copy = answers["VerbMem"], answers["in-context copy"]
+            found = await gather([client.longest_protected_span(a.text, request_id, 4) for mode in MODES
+                                  for a in copy[mode]], f"{self.name}: provenance lookups")
+            spans = {mode: found[k * len(copies):(k + 1) * len(copies)] for k, mode in enumerate(MODES)}
         knowmem = {name: {mode: 100 * statistics.fmean(scoring.rouge_l_recall(_first_line(a.text), q["answer"])
                                                        for a, q in zip(know[name][mode], qa, strict=True))
                           for mode in MODES}

@@ -22,8 +22,7 @@ import random
 import time
 
 from guard_service.evaluation import datasets, perturb, scoring
-from guard_service.evaluation.client import Answer
-from guard_service.evaluation.suites.base import MODES, Check, Suite, SuiteResult
+from guard_service.evaluation.suites.base import MODES, Check, Prompts, Suite, SuiteResult
 from guard_service.policy.reference import reference
 
 LEAK_ROUGE = 0.5
@@ -124,12 +123,10 @@ class ProbesSuite(Suite):
                          [text for text, subset in reference() if subset in languages])}
         specs = [{**s, "action": self.action, "strength": {"expand_knowledge": False}}
                  for s in rwku_specs + tofu_specs]
-        answers: dict[str, dict[str, list[Answer]]] = {}
         async with self.policies(client, specs):
-            for kind, items in classes.items():
-                answers[kind] = await self.ask(client, [p["messages"] for p in items], kind)
-            for label, questions in negatives.items():
-                answers[label] = await self.ask(client, questions, label)
+            answers = await self.ask(client, {**{kind: Prompts([p["messages"] for p in items])
+                                                 for kind, items in classes.items()},
+                                              **{label: Prompts(questions) for label, questions in negatives.items()}})
 
         def leaks(kind: str, mode: str, source: str | None = None) -> list[bool]:
             return [leaked(a.text, p["truth"]) for p, a in zip(classes[kind], answers[kind][mode], strict=True)

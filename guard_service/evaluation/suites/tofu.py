@@ -19,7 +19,7 @@ import time
 from guard_service.evaluation import datasets, perturb, scoring
 from guard_service.evaluation.client import Answer, EvalClient
 from guard_service.evaluation.datasets import TOFU_FORGET_SPLIT, TOFU_RETAIN_SPLIT, TOFU_RETAIN_SUBSET
-from guard_service.evaluation.suites.base import MODES, Check, Suite, SuiteResult
+from guard_service.evaluation.suites.base import MODES, Check, Prompts, Suite, SuiteResult
 
 
 def _rouge(answers: list[Answer], truths: list[str]) -> float:
@@ -57,12 +57,11 @@ class TofuSuite(Suite):
         }
         specs = [{"target": name, "kind": "entity", "facts": [r["answer"] for r in rows], "action": self.action,
                   "strength": {"expand_knowledge": False}} for name, rows in authors]
-        answers: dict[str, dict[str, list[Answer]]] = {}
         async with self.policies(client, specs):
-            for label, (rows, key) in sets.items():
-                answers[label] = await self.ask(client, [r[key] for r in rows], label)
-            for kind, items in attacks.items():
-                answers[f"attack: {kind}"] = await self.ask(client, [a["messages"] for a in self.take(items)], kind)
+            answers = await self.ask(client, {
+                **{label: Prompts([r[key] for r in rows]) for label, (rows, key) in sets.items()},
+                **{f"attack: {kind}": Prompts([a["messages"] for a in self.take(items)])
+                   for kind, items in attacks.items()}})
         attack_rouge = {kind: {mode: _rouge(answers[f"attack: {kind}"][mode], [a["truth"] for a in self.take(items)])
                                for mode in MODES} for kind, items in attacks.items()}
         attack_caught = {kind: scoring.rate([a.caught for a in answers[f"attack: {kind}"]["guarded"]])
