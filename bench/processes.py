@@ -82,27 +82,52 @@ def restart_server(server: Server, workdir: Path) -> Server:
     return start_server(workdir, server.extra_env, data_dir=server.data_dir)
 
 
+def core_shares(count: int) -> list[dict[str, str]]:
+    """On a CPU host, each of `count` servers' engine its own cores (`VLLM_CPU_OMP_THREADS_BIND`). vLLM's
+    default ("auto") binds every engine on a box to the same cores, from the moment its worker imports torch:
+    two replicas loading side by side took 81 s here, their workers' imports serialised on one core, and
+    would then share that core for every forward pass."""
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or count < 2:
+        return [{} for _ in range(count)]
+    from guard_service.device import has_cuda
+
+    if has_cuda():
+        return [{} for _ in range(count)]
+    cores = sorted(os.sched_getaffinity(0))
+    size = max(1, len(cores) // count)
+    shares = [cores[(k * size) % len(cores):][:size] for k in range(count)]
+    return [{"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, share))} for share in shares]
+
+
 def start_servers(workdirs: list[Path], extra_env: dict[str, str] | None = None) -> list[Server]:
-    """Several servers starting at once (their engines load side by side); all healthy, or none left running."""
-    servers = [launch_server(w, extra_env) for w in workdirs]
+    """Several servers starting at once (their engines load side by side, each on its own cores: `core_shares`);
+    all healthy, or none left running."""
+    servers = [launch_server(w, {**(extra_env or {}), **share})
+               for w, share in zip(workdirs, core_shares(len(workdirs)), strict=True)]
     try:
         return [wait_healthy(s) for s in servers]
     except BaseException:
-        for s in servers:
-            stop_server(s)
+        stop_servers(servers)
         raise
 
 
 def stop_server(server: Server) -> int:
     """SIGTERM (a graceful drain), SIGKILL after a minute; the exit status."""
-    if server.proc.poll() is None:
-        server.proc.terminate()
+    return stop_servers([server])[0]
+
+
+def stop_servers(servers: list[Server]) -> list[int]:
+    """`stop_server` for several at once (each takes seconds to wind its engine down); their exit statuses."""
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.terminate()
+    for server in servers:
         try:
             server.proc.wait(60)
         except subprocess.TimeoutExpired:
             server.proc.kill()
             server.proc.wait()
-    return server.proc.returncode
+    return [server.proc.returncode for server in servers]
 
 
 def postgres_bin() -> Path | None:

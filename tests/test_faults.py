@@ -23,7 +23,7 @@ import openai
 import psutil
 import pytest
 
-from bench.processes import launch_server
+from bench.processes import launch_server, stop_servers
 from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, start_server, stop_server, wait_status
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -76,8 +76,7 @@ def doomed(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         yield holder
     finally:
-        for server in holder.runs:
-            stop_server(server)
+        stop_servers(holder.runs)
         if mounted:
             subprocess.run(["umount", "-l", str(policies)], capture_output=True)
 

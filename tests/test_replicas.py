@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from bench.processes import restart_server, start_servers
-from tests.conftest import ADMIN_TOKEN, MODEL_NAME, LocalPostgres, Server, fresh_database, stop_server
+from bench.processes import restart_server, start_servers, stop_servers
+from tests.conftest import ADMIN_TOKEN, MODEL_NAME, LocalPostgres, Server, fresh_database
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LEASE_S = 3.0
@@ -33,8 +33,7 @@ def replicas(postgres: str, model_dir: Path, tmp_path_factory: pytest.TempPathFa
     try:
         yield servers
     finally:
-        for server in servers:
-            stop_server(server)
+        stop_servers(servers)
 
 
 def _store_url(server: Server) -> str:
