@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,40 @@ def embed(texts: list[str]) -> np.ndarray:
     if not texts:
         return np.zeros((0, dimension()), dtype=np.float32)
     return _SHARED.embed(list(texts))
+
+
+class EmbeddingCache:
+    """Text -> vector, LRU-bounded: repeated prompts (retries, n>1 fan-out, popular questions, the same system
+    prompt on every request) skip the embedder, and so do the texts a compile embeds again (a PATCH or a
+    recompile of the same target: its names in the same templates, its facts); the rest in one batch."""
+
+    def __init__(self, capacity: int = 8192):
+        self.capacity = capacity
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, views: list[str]) -> np.ndarray:
+        if not views:
+            return np.zeros((0, dimension()), dtype=np.float32)
+        with self._lock:
+            known = {v: self._items[v] for v in views if v in self._items}
+        missing = [v for v in dict.fromkeys(views) if v not in known]
+        if missing:  # embedded outside the lock: other requests' hits need not wait for it
+            known.update(zip(missing, embed(missing), strict=True))
+        with self._lock:
+            for v in dict.fromkeys(views):
+                self._items[v] = known[v]
+                self._items.move_to_end(v)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return np.stack([known[v] for v in views])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+EMBEDDINGS = EmbeddingCache()
 
 
 @functools.cache

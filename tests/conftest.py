@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +25,12 @@ from bench.processes import (
     LocalPostgres,
     Server,
     fresh_database,
+    launch_server,
     local_postgres,
     postgres_bin,
     start_server,
     stop_server,
+    wait_healthy,
 )
 
 T, R = TypeVar("T"), TypeVar("R")
@@ -61,8 +65,7 @@ def _content_length(data: bytes) -> int:
     return 0
 
 
-@pytest.fixture(scope="session")
-def model_dir() -> Path:
+def _model_dir() -> Path:
     from guard_service.config import Settings
     from guard_service.model_prep import prepare_model
 
@@ -71,9 +74,60 @@ def model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # a 5 s head timeout: the idle-connection test waits it out (the default, 15 s, is only a number)
-    srv = start_server(tmp_path_factory.mktemp("server"), {"GUARD_HEAD_TIMEOUT_S": "5"})
+def model_dir() -> Path:
+    return _model_dir()
+
+
+# The session's server: a 5 s head timeout (the idle-connection test waits it out; the default, 15 s, is only a
+# number) and a 60 s drain (test_soak ends it with SIGTERM while a long stream and a request are in flight).
+SESSION_ENV = {"GUARD_HEAD_TIMEOUT_S": "5", "GUARD_DRAIN_S": "60"}
+_LAUNCHED = pytest.StashKey[Server]()
+# Module order: what needs no engine first (while the session's server starts), then what uses the session's
+# server, then the modules that start servers of their own (`own_engine`), and test_soak last: it ends the
+# session's server.
+_ORDER_NO_ENGINE, _ORDER_SESSION, _ORDER_OWN, _ORDER_LAST = range(4)
+
+
+def _module_order(items: list[pytest.Item]) -> int:
+    if any(item.get_closest_marker("ends_session_server") for item in items):
+        return _ORDER_LAST
+    if any(item.get_closest_marker("own_engine") for item in items):
+        return _ORDER_OWN
+    return _ORDER_SESSION if any("server" in item.fixturenames for item in items) else _ORDER_NO_ENGINE
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "own_engine: the module starts guard-service servers of its own")
+    config.addinivalue_line("markers", "ends_session_server: the module stops the session's server (runs last)")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules in the order above (each module's tests keep theirs), and the session's server launched now if
+    any selected test needs it: it loads while the tests that need no engine run."""
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    ranked = sorted(modules.values(), key=_module_order)  # stable: alphabetical within a rank
+    items[:] = [item for group in ranked for item in group]
+    if not config.option.collectonly and any("server" in item.fixturenames for item in items):
+        _model_dir()
+        workdir = Path(tempfile.mkdtemp(prefix="guard-session-server-"))
+        config.stash[_LAUNCHED] = launch_server(workdir, SESSION_ENV)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The session's server stopped even if no test took it (a run that failed first; a no-op if a test stopped
+    it already); its folder (store, artifacts, log) kept when something failed."""
+    launched = session.config.stash.get(_LAUNCHED, None)
+    if launched is not None:
+        stop_server(launched)
+        if exitstatus == 0:
+            shutil.rmtree(launched.log.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server(model_dir: Path, pytestconfig: pytest.Config) -> Iterator[Server]:
+    srv = wait_healthy(pytestconfig.stash[_LAUNCHED])
     yield srv
     stop_server(srv)
 

@@ -22,7 +22,8 @@ def report(server, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("reports")
     suites = [a for s in ("tofu", "muse", "hp", "probes") for a in ("--suite", s)]
     run = subprocess.run([sys.executable, "-m", "guard_service.cli", "eval", *suites, "--base-url", server.base_url,
-                          "--admin-token", ADMIN_TOKEN, "--limit", "3", "--max-tokens", "48", "--out", str(out)],
+                          "--admin-token", ADMIN_TOKEN, "--limit", "3", "--max-tokens", "48", "--concurrency", "48",
+                          "--out", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out

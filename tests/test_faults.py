@@ -26,6 +26,7 @@ import pytest
 from bench.processes import launch_server, stop_servers
 from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, start_server, stop_server, wait_status
 
+pytestmark = pytest.mark.own_engine
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LONG = {"model": MODEL_NAME, "temperature": 0, "max_tokens": 200, "extra_body": {"ignore_eos": True},
         "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]}

@@ -15,6 +15,7 @@ import pytest
 from bench.processes import restart_server, start_servers, stop_servers
 from tests.conftest import ADMIN_TOKEN, MODEL_NAME, LocalPostgres, Server, fresh_database
 
+pytestmark = pytest.mark.own_engine
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LEASE_S = 3.0
 
@@ -145,11 +146,11 @@ def test_postgres_down_then_back_admin_writes_503_generation_goes_on(
         _enforced_at(server, george, 1)
     postgres_server.stop()
     try:
+        down = httpx.post(f"{a.base_url}/admin/v1/unlearning-requests", headers=ADMIN, timeout=60,
+                          json={"target": "Mary Darling", "action": "refuse"})  # after the busy timeout (10 s)
+        assert down.status_code == 503 and int(down.headers["retry-after"]) > 0, down.text
+        assert down.json()["error"]["code"] and "password" not in down.text and "5432" not in down.text
         for server in replicas:
-            down = httpx.post(f"{server.base_url}/admin/v1/unlearning-requests", headers=ADMIN, timeout=60,
-                              json={"target": "Mary Darling", "action": "refuse"})
-            assert down.status_code == 503 and int(down.headers["retry-after"]) > 0, down.text
-            assert down.json()["error"]["code"] and "password" not in down.text and "5432" not in down.text
             assert _action(server, "Who is George Darling?") == "refuse"
             assert _action(server, "What is the capital of France?") == "pass"
         time.sleep(3)  # the registries' and the schedulers' polls fail meanwhile, logged, not fatal

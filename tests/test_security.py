@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import ADMIN_TOKEN, MODEL_NAME, VIEWER_TOKEN, read_response, start_server, stop_server
 
 KEYS = {"acme": "key-acme-1234", "beta": "key-beta-5678"}
+pytestmark = pytest.mark.own_engine
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 BODY_CAP = 4 * 1024 * 1024
 ENV = {"GUARD_API_KEYS": json.dumps(KEYS), "GUARD_METRICS_AUTH": "1", "GUARD_DOCS_AUTH": "1",

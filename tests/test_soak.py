@@ -1,16 +1,15 @@
-"""The soak's one-minute version (`python -m bench.soak` runs ten): 32 clients, half streaming, against a server
-of its own while policies are created, patched and revoked every few seconds. Nothing fails, no response ignores
-a policy in force when it started, no process grows after warm-up (the engine worker trims its heap: see
-guard_service/worker/heap.py), and the API process leaks no descriptors. Then the same server is stopped the way
-a rolling deploy stops it (SIGTERM with a stream and a request in flight): both finish, and it exits 0."""
+"""The soak's one-minute version (`python -m bench.soak` runs ten): 32 clients, half streaming, against the
+session's server (last in the session: conftest orders it so) while policies are created, patched and revoked
+every few seconds. Nothing fails, no response ignores a policy in force when it started, no process grows after
+warm-up (the engine worker trims its heap: see guard_service/worker/heap.py), and the API process leaks no
+descriptors. Then the server is stopped the way a
+rolling deploy stops it (SIGTERM with a stream and a request in flight): both finish, and it exits 0."""
 
 from __future__ import annotations
 
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -18,22 +17,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.soak import soak
-from tests.conftest import MODEL_NAME, Server, start_server, stop_server
+from tests.conftest import MODEL_NAME, Server
 
+pytestmark = pytest.mark.ends_session_server
 LONG = {"model": MODEL_NAME, "temperature": 0, "max_tokens": 200, "extra_body": {"ignore_eos": True},
         "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]}
 
 
-@pytest.fixture(scope="module")
-def soaked(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server for the soak and, after it, the drain on SIGTERM (which ends it)."""
-    server = start_server(tmp_path_factory.mktemp("soak"), {"GUARD_MAX_MODEL_LEN": "512", "GUARD_DRAIN_S": "60"})
-    yield server
-    stop_server(server)
-
-
-def test_one_minute_soak_with_policy_churn(soaked: Server) -> None:
-    server = soaked
+def test_one_minute_soak_with_policy_churn(server: Server) -> None:
     report = soak(server, 60, clients=32, churn_s=3.0)
     families = {f.name: f for f in text_string_to_metric_families(httpx.get(server.base_url + "/metrics").text)}
     summary = {k: report[k] for k in ("requests", "streams", "about_targets", "refused_about_enforced", "errors",
@@ -59,9 +50,8 @@ def _refused(server: Server) -> bool:
         return True
 
 
-def test_sigterm_drains_streams_and_requests_in_flight_then_exits_zero(soaked: Server) -> None:
-    """(Moved here from test_faults, where it had a server of its own: the soak's server ends this way.)"""
-    server = soaked
+def test_sigterm_drains_streams_and_requests_in_flight_then_exits_zero(server: Server) -> None:
+    """(Moved here from test_faults, where it had a server of its own.)"""
     client = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
     stream = iter(client.chat.completions.create(stream=True, **LONG))
     first = next(stream)

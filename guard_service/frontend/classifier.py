@@ -11,14 +11,10 @@ or an `evidence` finding, and the evidence detectors run only for a candidate wi
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from guard_service.embedding import embed
+from guard_service.embedding import EMBEDDINGS
 from guard_service.frontend.registry import ActivePolicy
 from guard_service.guards import COMPONENTS
 from guard_service.guards.base import GuardComponent, Level, PromptText
@@ -49,35 +45,6 @@ class Classification:
     elapsed_ms: float
 
 
-class EmbeddingCache:
-    """View text -> vector, LRU-bounded: repeated prompts (retries, n>1 fan-out, popular questions, the same
-    system prompt on every request) skip the embedder; the rest are embedded in one batch."""
-
-    def __init__(self, capacity: int = 8192):
-        self.capacity = capacity
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, views: list[str]) -> np.ndarray:
-        with self._lock:
-            known = {v: self._items[v] for v in views if v in self._items}
-        missing = [v for v in dict.fromkeys(views) if v not in known]
-        if missing:  # embedded outside the lock: other requests' hits need not wait for it
-            known.update(zip(missing, embed(missing), strict=True))
-        with self._lock:
-            for v in dict.fromkeys(views):
-                self._items[v] = known[v]
-                self._items.move_to_end(v)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        return np.stack([known[v] for v in views])
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-EMBEDDINGS = EmbeddingCache()
 
 
 def _windows(text: str, size: int) -> list[str]:

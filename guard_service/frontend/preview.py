@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from guard_service.frontend.classifier import EMBEDDINGS, classify_batch, views
+from guard_service.embedding import EMBEDDINGS
+from guard_service.frontend.classifier import classify_batch, views
 from guard_service.frontend.registry import load_policy
 from guard_service.policy.reference import reference
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from guard_service.embedding import embed
+from guard_service.embedding import EMBEDDINGS
 from guard_service.guards.base import Finding, GuardComponent, Level, PromptText
 from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.forbidden import unnamed
@@ -67,7 +67,7 @@ class DescribedDetector(GuardComponent):
         known = [x for t in [*clf.facts, spec.description] for x in sentences(t)]
         # Only sentences that named the target say something about it once the name is gone.
         masked = [m for s in known if (m := unnamed(s, list(clf.aliases), instead)) != s and _says_something(m)]
-        return Described(embed(masked) if masked else np.zeros((0, 1), dtype=np.float32),
+        return Described(EMBEDDINGS.get(masked) if masked else np.zeros((0, 1), dtype=np.float32),
                          frozenset(_NUMBER.findall(" ".join([*clf.facts, spec.description]))))
 
     def scan(self, part: Described, prompt: PromptText) -> Finding | None:

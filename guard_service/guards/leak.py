@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from guard_service.embedding import embed
+from guard_service.embedding import EMBEDDINGS, embed
 from guard_service.guards.base import GuardComponent, OutputScanner, PromptText
 from guard_service.guards.evidence import Evidence, EvidenceDetector, evidence_reason, names_someone_else
 from guard_service.guards.spelling import (
@@ -276,8 +276,8 @@ class LeakDetector(GuardComponent):
         whole = frozenset(v.casefold() for item in forbidden.items if is_name(item) for v in variants(item.text))
         names = name_index(forbidden.items, whole_only=True)
         return Known(leak_pattern(forbidden.variants), whole, names, typo_index(names),
-                     sound_index(forbidden.crosslingual), embed(list(artifact.classifier.facts)),
-                     embed(list(spec.retain_examples)), EvidenceDetector().load(artifact, spec),
+                     sound_index(forbidden.crosslingual), EMBEDDINGS.get(list(artifact.classifier.facts)),
+                     EMBEDDINGS.get(list(spec.retain_examples)), EvidenceDetector().load(artifact, spec),
                      spec.on_leak == "act", spec.mode == "shadow")
 
     def output_scanner(self, parts: list[tuple[str, Known]], prompt_tail: str) -> LeakScanner:

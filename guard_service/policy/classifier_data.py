@@ -15,7 +15,7 @@ from importlib import resources
 import faiss
 import numpy as np
 
-from guard_service.embedding import embed
+from guard_service.embedding import EMBEDDINGS
 from guard_service.policy.request import TargetKind
 
 _INDEX_TEMPLATES = {
@@ -44,7 +44,7 @@ def negative_bank() -> tuple[str, ...]:
 
 @functools.cache
 def negative_vectors() -> np.ndarray:
-    return embed(list(negative_bank()))
+    return EMBEDDINGS.get(list(negative_bank()))
 
 
 def _templates(kind: TargetKind, table: dict[str, list[str]]) -> list[str]:
@@ -72,15 +72,15 @@ def build(target: str, kind: TargetKind, names: list[str], statements: list[str]
     names = list(dict.fromkeys([target, *names]))
     texts = list(dict.fromkeys(
         names + statements + [t.format(x=n) for n in names for t in _templates(kind, _INDEX_TEMPLATES)]))
-    vectors = embed(texts)
+    vectors = EMBEDDINGS.get(texts)
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
 
     heldout = [t.format(x=n) for n in names for t in _templates(kind, _HELDOUT_TEMPLATES)]
     negatives = negative_vectors()
-    pos_scores = scores(index, embed(heldout))
+    pos_scores = scores(index, EMBEDDINGS.get(heldout))
     neg_scores = scores(index, negatives)
-    retain_scores = scores(index, embed(retain))
+    retain_scores = scores(index, EMBEDDINGS.get(retain))
 
     def recall_at(t: float) -> float:
         return float((pos_scores >= t).mean()) if len(pos_scores) else 0.0

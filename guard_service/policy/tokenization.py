@@ -115,6 +115,12 @@ def segmentations(tokenizer: Any, text: str, limit: int = MAX_PER_STRING) -> lis
     return sorted(found, key=len)[:limit]
 
 
+@functools.lru_cache(maxsize=32768)
+def _sequences(tokenizer: Any, string: str) -> frozenset[tuple[int, ...]]:
+    """Cached: a PATCH, a recompile and the knowledge-expansion version spell the same names again."""
+    return frozenset(tuple(seq) for form in (string, " " + string) for seq in segmentations(tokenizer, form))
+
+
 def sequences_for(tokenizer: Any, strings: Iterable[str]) -> dict[str, set[tuple[int, ...]]]:
     """Each string's sequences, at the start of text and after a space."""
-    return {s: {tuple(seq) for form in (s, " " + s) for seq in segmentations(tokenizer, form)} for s in strings}
+    return {s: set(_sequences(tokenizer, s)) for s in strings}
