@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, audit_until, wait_status
+from tests.conftest import ADMIN_TOKEN, MODEL_NAME, Server, audit_until, concurrently, wait_status
 
 BYPASS = {"x-guard-bypass": ADMIN_TOKEN}
 DETAIL = {"x-guard-detail": ADMIN_TOKEN}
@@ -175,17 +175,19 @@ TRUNCATION_PROBES = [
 
 
 def test_truncated_spellings_are_neither_generated_nor_missed(hp: dict, server: Server) -> None:
-    for probe in TRUNCATION_PROBES:
-        r = chat(server, [{"role": "user", "content": probe}], headers=DETAIL, max_tokens=48)
+    answers = concurrently(lambda probe: chat(server, [{"role": "user", "content": probe}], headers=DETAIL,
+                                              max_tokens=48), TRUNCATION_PROBES)
+    for probe, r in zip(TRUNCATION_PROBES, answers, strict=True):
         assert_guarded(r)
         leaks = r.json()["guard"]["leaks"]
         assert not [lk for lk in leaks if lk["kind"] == "lexical"], (probe, texts(r), leaks)
 
 
 def test_a_plain_client_learns_nothing_about_what_is_protected(hp: dict, server: Server) -> None:
-    for r in (chat(server, [{"role": "user", "content": QUESTION}]),
-              chat(server, [{"role": "user", "content": QUESTION}], stream=True),
-              complete(server, ["Harry Potter was written by J.K.", "a"])):
+    for r in concurrently(lambda ask: ask(), [lambda: chat(server, [{"role": "user", "content": QUESTION}]),
+                                              lambda: chat(server, [{"role": "user", "content": QUESTION}],
+                                                           stream=True),
+                                              lambda: complete(server, ["Harry Potter was written by J.K.", "a"])]):
         assert set(r.headers) & {"x-guard-score", "x-guard-detail"} == set()
         assert r.headers["x-guard-policies"] == hp["id"]  # the opaque id, not even the version
         guard = (r.json() if not r.headers["content-type"].startswith("text/event-stream") else

@@ -120,7 +120,7 @@ def test_policy_added_mid_traffic_applies_to_next_request(admin: httpx.Client, c
 
     def long_stream() -> None:
         s = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "Count to 200."}],
-                                           temperature=0, max_tokens=300, stream=True, extra_body={"ignore_eos": True})
+                                           temperature=0, max_tokens=160, stream=True, extra_body={"ignore_eos": True})
         done["text"] = "".join(c.choices[0].delta.content or "" for c in s if c.choices)
 
     worker = threading.Thread(target=long_stream)
@@ -131,6 +131,7 @@ def test_policy_added_mid_traffic_applies_to_next_request(admin: httpx.Client, c
     try:
         after = client.chat.completions.create(model=MODEL_NAME, messages=prompt, temperature=0, max_tokens=30)
         assert after.choices[0].finish_reason == "content_filter"
+        assert worker.is_alive(), "the stream ended before the policy came in: nothing was mid-traffic"
         worker.join(120)
         assert done["text"]  # the request in flight finished normally
     finally:

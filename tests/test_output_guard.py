@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, MODEL_NAME, wait_status
+from tests.conftest import ADMIN_TOKEN, MODEL_NAME, concurrently, wait_status
 
 BYPASS = {"x-guard-bypass": ADMIN_TOKEN}
 DETAIL = {"x-guard-detail": ADMIN_TOKEN}
@@ -58,16 +58,16 @@ def clean_prefix(unguarded: str) -> str:
 def test_a_steer_policy_resumes_a_leaking_answer_steered(admin: httpx.Client, client: openai.OpenAI,
                                                          unguarded: str) -> None:
     with policy(admin, action="steer"):
-        body = chat(client, DETAIL)
+        body, (stream_text, finishes, stream_guard), plain = concurrently(lambda ask: ask(), [
+            lambda: chat(client, DETAIL), lambda: streamed(client, DETAIL), lambda: chat(client, {})])
         text, guard = body.choices[0].message.content, body.model_extra["guard"]
         assert guard["matches"] == []  # the classifier passed the question: the output side caught the answer
         assert guard["steered"] == [0] and guard["action"] == "steer" and guard["blocked"] == []
         assert any(lk["kind"] == "semantic" and "mona lisa" in lk["text"].casefold() for lk in guard["leaks"])
         assert "mona lisa" not in text.casefold() and body.choices[0].finish_reason != "content_filter"
         assert text.startswith(clean_prefix(unguarded)) and len(text) > len(clean_prefix(unguarded))
-        stream_text, finishes, stream_guard = streamed(client, DETAIL)
         assert stream_text == text and len(finishes) == 1 and stream_guard["steered"] == [0]
-        plain = chat(client, {}).model_extra["guard"]  # a plain client: that the guard acted, nothing more
+        plain = plain.model_extra["guard"]  # a plain client: that the guard acted, nothing more
         assert plain == {"action": "steer", "policies": plain["policies"], "blocked": [], "steered": [0]}
 
 

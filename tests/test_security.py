@@ -1,26 +1,41 @@
 """A locked-down server (client API keys, /metrics and /docs behind tokens, a small body cap and store busy
 timeout): tenants, authentication and its audit, a schema fuzz with zero 5xx, a chunked oversized body, the
-event loop under a held store lock, failing closed in the API process, recompiling, and the audit chain."""
+event loop under a held store lock, failing closed in the API process, recompiling, and the audit chain. The
+faults that end a server end this one's two lives, each start costing half a minute: a full disk (its artifacts
+on a tmpfs), kill -9 mid-compile with a restart onto artifacts it cannot trust, and a dead engine worker."""
 
 from __future__ import annotations
 
 import gc
 import json
+import os
 import re
 import select
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, MODEL_NAME, VIEWER_TOKEN, read_response, start_server, stop_server
+from bench.processes import stop_servers
+from tests.conftest import (
+    ADMIN_TOKEN,
+    MODEL_NAME,
+    VIEWER_TOKEN,
+    Server,
+    read_response,
+    start_server,
+    stop_server,
+)
 
 KEYS = {"acme": "key-acme-1234", "beta": "key-beta-5678"}
 pytestmark = pytest.mark.own_engine
@@ -28,23 +43,43 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 BODY_CAP = 4 * 1024 * 1024
 ENV = {"GUARD_API_KEYS": json.dumps(KEYS), "GUARD_METRICS_AUTH": "1", "GUARD_DOCS_AUTH": "1",
        "GUARD_MAX_MODEL_LEN": "512", "GUARD_GPU_MEMORY_UTILIZATION": "0.15", "GUARD_MAX_REQUEST_BYTES": str(BODY_CAP),
-       "GUARD_STORE_BUSY_TIMEOUT_S": "1"}
+       "GUARD_STORE_BUSY_TIMEOUT_S": "1", "GUARD_COMPILE_LEASE_S": "3"}
+LONG = {"model": MODEL_NAME, "temperature": 0, "max_tokens": 200, "extra_body": {"ignore_eos": True},
+        "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]}
 
 
 class Locked:
-    """The module's server; a test may restart it on the same data directory."""
+    """The module's server. Its artifacts are on a tmpfs where this process may mount one (the full-disk test);
+    a test may crash it (kill -9) and restart it on the same data, and the last one ends it."""
 
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.server = start_server(workdir, ENV)
+    def __init__(self, workdir: Path, policies: Path, tmpfs: bool):
+        self.workdir, self.policies, self.tmpfs = workdir, policies, tmpfs
+        self.env = {**ENV, "GUARD_POLICIES_DIR": str(policies)}
+        self.runs: list[Server] = []
+        self.runs.append(start_server(self._next_dir(), self.env))
+
+    def _next_dir(self) -> Path:
+        path = self.workdir / f"run{len(self.runs)}"
+        path.mkdir()
+        return path
+
+    @property
+    def server(self) -> Server:
+        return self.runs[-1]
+
+    def crash(self) -> None:
+        """kill -9 of the whole process group: the API process and its engine, no goodbye."""
+        os.killpg(self.server.proc.pid, signal.SIGKILL)
+        self.server.proc.wait(30)
 
     def restart(self) -> None:
+        """A new process on the same store and artifacts (a supervisor's restart)."""
         stop_server(self.server)
-        self.server = start_server(self.workdir, ENV, data_dir=self.server.data_dir)
+        self.runs.append(start_server(self._next_dir(), self.env, data_dir=self.server.data_dir))
 
     @property
     def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.server.base_url + "/admin/v1", headers=ADMIN, timeout=60)
+        return httpx.Client(base_url=self.server.base_url + "/admin/v1", headers=ADMIN, timeout=120)
 
     def client(self, tenant: str) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.server.v1, api_key=KEYS[tenant], max_retries=0, timeout=120)
@@ -63,10 +98,19 @@ class Locked:
 
 
 @pytest.fixture(scope="module")
-def locked(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Locked:
-    holder = Locked(tmp_path_factory.mktemp("locked"))
-    yield holder
-    stop_server(holder.server)
+def locked(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Locked]:
+    root = tmp_path_factory.mktemp("locked")
+    policies = root / "policies"
+    policies.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(policies)],
+                             capture_output=True).returncode == 0
+    try:
+        holder = Locked(root, policies, mounted)
+        yield holder
+        stop_servers(holder.runs)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(policies)], capture_output=True)
 
 
 def audit_rows(locked: Locked, action: str, timeout: float = 10) -> list[dict]:
@@ -76,6 +120,44 @@ def audit_rows(locked: Locked, action: str, timeout: float = 10) -> list[dict]:
         if rows or time.monotonic() > deadline:
             return rows
         time.sleep(0.1)
+
+
+def test_disk_full_while_writing_artifacts_fails_the_version_and_keeps_the_last(locked: Locked) -> None:
+    """The artifacts on a 2 MiB tmpfs: a name-only version fits, one with ~1.5 MB of protected text does not. It
+    fails with the OS's reason, the previous version stays enforced, nothing half-written is left; once there is
+    room again (64 MiB, for the tests after this one) a recompile succeeds. (From test_faults, where it had a
+    server of its own.)"""
+    import random
+
+    if not locked.tmpfs:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    admin = locked.admin
+    r = admin.post("/unlearning-requests", json={"target": "Edmund Blackadder", "action": "refuse",
+                                                 "strength": {"expand_knowledge": False}})
+    request_id = r.json()["id"]
+    locked.wait(request_id, 1)
+    words = [f"{w}{k}" for k in range(40) for w in ("tide", "lamp", "stone", "reed", "gull", "mast")]
+    rng = random.Random(5)
+    document = " ".join(rng.choice(words) for _ in range(220_000))  # ~1.5 MB, ~400k tokens
+    assert admin.patch(f"/unlearning-requests/{request_id}",
+                       json={"protected_documents": [document]}).status_code == 202
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        body = admin.get(f"/unlearning-requests/{request_id}").json()
+        v2 = next(v for v in body["versions"] if v["version"] == 2)
+        if v2["status"] in ("failed", "active"):
+            break
+        time.sleep(0.2)
+    assert v2["status"] == "failed" and "No space left on device" in (v2["error"] or ""), v2
+    assert body["enforcement"] == {"state": "enforced", "version": 1, "error": None}
+    assert sorted(p.name for p in (locked.policies / request_id).iterdir()) == ["v1"]  # no staging dir, no half v2
+    raw = locked.client("acme").chat.completions.with_raw_response.create(
+        model=MODEL_NAME, max_tokens=1, messages=[{"role": "user", "content": "Who is Edmund Blackadder?"}])
+    assert raw.headers["x-guard-action"] == "refuse"
+    subprocess.run(["mount", "-o", "remount,size=64m", str(locked.policies)], check=True)
+    version = admin.post(f"/unlearning-requests/{request_id}/recompile").json()["version"]
+    locked.wait(request_id, version, timeout=180)
+    admin.delete(f"/unlearning-requests/{request_id}")
 
 
 def test_v1_needs_a_client_key_and_failures_are_audited(locked: Locked) -> None:
@@ -285,13 +367,17 @@ def _artifact(body: dict) -> Path:
     return Path(next(v for v in body["versions"] if v["version"] == body["active_version"])["artifact_dir"])
 
 
-def test_unloadable_policies_fail_closed_in_the_api_process_and_recover(locked: Locked) -> None:
-    """Restarted on artifacts it cannot trust (a tampered file; a version compiled for another tokenizer), the
-    server refuses what those policies apply to, says so in /health, metrics and the admin API, retries every
-    poll, and enforces again once the file is back or the request is recompiled. A policy whose files are
-    intact is enforced from the restart's first request, without compiling anything again (this was
-    test_restart.py, with a server of its own). The unloadable two are scoped to tenant beta: what fails closed
-    refuses what it applies to, and nothing else."""
+def test_kill_9_mid_compile_then_a_restart_on_artifacts_it_cannot_trust(locked: Locked) -> None:
+    """The server is killed with -9 while a knowledge-expansion version compiles, and restarted on the same store
+    and artifacts, two of which it cannot trust (a tampered file; a version compiled for another tokenizer).
+
+    From test_faults' kill -9 test: the staging dir the killed compile left is gone after the restart, the version
+    compiles to completion there (the killed lease runs out), and only published, verified folders are loaded.
+    From test_security's unloadable test (it stopped the server gracefully; the kill is the harder case): the
+    server refuses what the untrusted policies apply to (they are scoped to tenant beta: what fails closed refuses
+    what it applies to and nothing else), says so in /health, metrics and the admin API, retries every poll, and
+    enforces again once the file is back or the request is recompiled. From test_restart.py: a policy whose files
+    are intact is enforced from the restart's first request, without compiling anything again."""
     admin = locked.admin
     r = admin.post("/unlearning-requests", json={"target": "Harry Potter", "aliases": ["J.K. Rowling", "Hogwarts"],
                                                  "action": "refuse", "strength": {"expand_knowledge": False}})
@@ -307,7 +393,21 @@ def test_unloadable_policies_fail_closed_in_the_api_process_and_recover(locked: 
     manifest_file = _artifact(foreign) / "manifest.json"
     manifest = json.loads(manifest_file.read_text())
     manifest["tokenizer"]["tokenizer_json_sha256"] = "0" * 64
-    stop_server(locked.server)
+
+    r = admin.post("/unlearning-requests", json={"target": "Dorothy Vaughan", "kind": "entity", "action": "refuse",
+                                                 "description": "A NASA mathematician and programmer."})
+    dorothy = r.json()["id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        body = admin.get(f"/unlearning-requests/{dorothy}").json()
+        if body["latest_version"] == 2 and any(v["version"] == 2 and v["status"] == "compiling"
+                                               for v in body["versions"]):
+            break
+        time.sleep(0.01)
+    # a temp dir as a killed compile leaves it (the expansion asks the model first; it may not have one yet)
+    policy_dir = locked.policies / dorothy
+    (policy_dir / f".staging-{os.uname().nodename.replace('-', '_')}-{locked.server.proc.pid}-v2-compile-x").mkdir()
+    locked.crash()
     faiss_file.write_bytes(original[:-8] + b"tampered")
     manifest_file.write_text(json.dumps(manifest))
     locked.restart()
@@ -324,6 +424,14 @@ def test_unloadable_policies_fail_closed_in_the_api_process_and_recover(locked: 
     detail = admin.get(f"/unlearning-requests/{intact['id']}").json()
     assert detail["enforcement"] == {"state": "enforced", "version": 1, "error": None}
     assert [v["version"] for v in detail["versions"]] == [1]  # loaded, not compiled again
+
+    assert not list(policy_dir.glob(".staging-*"))
+    body = locked.wait(dorothy, 2, timeout=180)
+    assert {v["version"]: v["status"] for v in body["versions"]}[2] == "active", body["versions"]
+    assert sorted(p.name for p in policy_dir.iterdir()) == ["v1", "v2"]
+    raw = locked.client("acme").chat.completions.with_raw_response.create(
+        model=MODEL_NAME, max_tokens=1, messages=[{"role": "user", "content": "Who was Dorothy Vaughan?"}])
+    assert raw.headers["x-guard-action"] == "refuse"
 
     health = httpx.get(locked.server.base_url + "/health").json()
     assert health["status"] == "degraded"
@@ -352,7 +460,7 @@ def test_unloadable_policies_fail_closed_in_the_api_process_and_recover(locked: 
     assert httpx.get(locked.server.base_url + "/health").json()["status"] == "ok"
     chat = locked.client("beta").chat.completions.create(model=MODEL_NAME, max_tokens=8, messages=france)
     assert chat.choices[0].finish_reason != "content_filter"
-    for body in (tampered, foreign, intact):
+    for body in (tampered, foreign, intact, {"id": dorothy}):
         admin.delete(f"/unlearning-requests/{body['id']}")
 
 
@@ -371,3 +479,34 @@ def test_the_audit_log_is_append_only_and_tampering_is_detected(locked: Locked) 
     db.close()
     broken = subprocess.run(verify, env=env, capture_output=True, text=True)
     assert broken.returncode == 1 and "row 2" in broken.stderr, broken.stdout + broken.stderr
+
+
+def test_a_dead_engine_worker_fails_requests_with_503_and_the_process_exits_nonzero(locked: Locked) -> None:
+    """(From test_faults, where it had a server of its own: the last test here ends this module's server.)"""
+    server = locked.server
+    stream = iter(locked.client("acme").chat.completions.create(stream=True, **LONG))
+    next(stream)
+    workers = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+               if "Worker" in p.name() or any("Worker" in part for part in p.cmdline())]
+    assert workers, [(p.name(), p.cmdline()) for p in psutil.Process(server.proc.pid).children(recursive=True)]
+    for worker in workers:
+        worker.kill()
+    killed = time.monotonic()
+    finish = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream:
+            finish += [c.finish_reason for c in chunk.choices if c.finish_reason]
+    assert finish == [], "a stream cut by the engine's death must not look finished"
+    assert "engine" in str(caught.value)
+    health = None
+    while time.monotonic() - killed < 30:
+        try:
+            health = httpx.get(server.base_url + "/health", timeout=2)
+        except httpx.TransportError:  # already exiting
+            break
+        if health.status_code == 503:
+            assert health.json()["error"]["code"] == "engine_dead"
+            break
+        time.sleep(0.05)
+    print(f"engine worker killed: health 503 / stream error after {time.monotonic() - killed:.2f} s")
+    assert server.proc.wait(90) not in (0, None), server.log_tail()
