@@ -4,9 +4,10 @@ whose replica died (kill -9) or was stopped (SIGTERM) is finished by the other.
     python -m bench.replicas [--patches 50] [--revocations 10] [--takeovers 3] [--lease 3]
 
 Propagation is timed from the store's `activate` audit row (written by whichever replica compiled the version) to
-the moment replica B's admin API reports that version enforced by B's own registry (polled every 10 ms, so up to
-10 ms of each figure is the poll). Takeover is timed from the signal to the other replica's claim and to its
-enforcement. Both replicas run on this box with their own artifact folders: only the database is shared.
+the moment replica B's registry began enforcing that version (`enforcement.since`, B's own clock: the admin API
+is polled every 10 ms, but no poll's latency is in the figure). Takeover is timed from the signal to the other
+replica's claim and to its enforcement. Both replicas run on this box with their own artifact folders: only the
+database is shared.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _enforced_at(server: Server, request_id: str, version: int | None, timeout: 
     while time.monotonic() < deadline:
         state = _detail(server, request_id)["enforcement"]
         if all(state.get(k) == v for k, v in want.items()):
-            return time.time()
+            return state["since"] if version is not None else time.time()  # by the server's clock, no poll
         time.sleep(0.01)
     raise RuntimeError(f"{request_id}: {want} not reached on {server.base_url}")
 

@@ -149,7 +149,7 @@ def test_disk_full_while_writing_artifacts_fails_the_version_and_keeps_the_last(
             break
         time.sleep(0.2)
     assert v2["status"] == "failed" and "No space left on device" in (v2["error"] or ""), v2
-    assert body["enforcement"] == {"state": "enforced", "version": 1, "error": None}
+    assert {**body["enforcement"], "since": None} == {"state": "enforced", "version": 1, "error": None, "since": None}
     assert sorted(p.name for p in (locked.policies / request_id).iterdir()) == ["v1"]  # no staging dir, no half v2
     raw = locked.client("acme").chat.completions.with_raw_response.create(
         model=MODEL_NAME, max_tokens=1, messages=[{"role": "user", "content": "Who is Edmund Blackadder?"}])
@@ -422,7 +422,7 @@ def test_kill_9_mid_compile_then_a_restart_on_artifacts_it_cannot_trust(locked: 
     active = {p["id"]: p for p in admin.get("/policies/active").json()}
     assert active[intact["id"]]["state"] == "enforced" and active[intact["id"]]["version"] == 1
     detail = admin.get(f"/unlearning-requests/{intact['id']}").json()
-    assert detail["enforcement"] == {"state": "enforced", "version": 1, "error": None}
+    assert {**detail["enforcement"], "since": None} == {"state": "enforced", "version": 1, "error": None, "since": None}
     assert [v["version"] for v in detail["versions"]] == [1]  # loaded, not compiled again
 
     assert not list(policy_dir.glob(".staging-*"))

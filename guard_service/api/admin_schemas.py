@@ -50,6 +50,7 @@ class Enforcement(BaseModel):
     state: Literal["enforced", "failed_closed", "not_enforced"]
     version: int | None = None
     error: str | None = None
+    since: float | None = None  # when this process began enforcing `version` (Unix time)
 
 
 class RequestDetail(RequestInfo):

@@ -95,7 +95,7 @@ def _enforcement(request: Request, request_id: str) -> Enforcement:
     registry = request.app.state.registry
     loaded = next((p for p in registry.active() if p.id == request_id), None)
     if loaded is not None:
-        return Enforcement(state="enforced", version=loaded.version)
+        return Enforcement(state="enforced", version=loaded.version, since=loaded.loaded_at)
     failed = next((f for f in registry.failed_closed() if f.id == request_id), None)
     if failed is not None:
         return Enforcement(state="failed_closed", version=failed.version, error=failed.error)

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,9 @@ class ActivePolicy:
     spec: UnlearningRequest
     artifact: PolicyArtifact
     parts: dict[str, Any]  # component name -> what its `load` returned
+    # When this process began enforcing it (Unix time): how long a change took to reach it, without the
+    # latency of whoever asks.
+    loaded_at: float = field(default_factory=time.time)
 
     @property
     def id(self) -> str:
