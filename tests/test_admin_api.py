@@ -12,6 +12,7 @@ import numpy as np
 import openai
 import pytest
 
+from guard_service.evaluation.datasets import read_jsonl
 from guard_service.policy.artifacts import PolicyArtifact, read_manifest, verify
 from tests.conftest import MAX_DOCUMENT_BYTES, MODEL_NAME, VIEWER_TOKEN, Server, wait_status
 
@@ -183,3 +184,47 @@ def test_cli_twins_share_the_store(server: Server, admin: httpx.Client) -> None:
                              capture_output=True, text=True, check=True).stdout
     assert request_id in listing and "Atlantis Corp" in listing
     admin.delete(f"/unlearning-requests/{request_id}")
+
+
+def test_documents_teach_the_policy_and_each_mined_item_is_listed_and_removable(
+        server: Server, admin: httpx.Client, client: openai.OpenAI) -> None:
+    """Stephen King with his RWKU forget corpus as documents: the detail lists what was mined (origin, score,
+    use); a reverse query through a work only the documents name is refused, a question about someone else's
+    work is answered; a removed term is gone from the next version."""
+    from tests.test_knowledge import INTRO, KING, RWKU, king_corpus
+
+    corpus = king_corpus()
+    r = admin.post("/unlearning-requests", json={
+        "target": KING, "description": INTRO, "protected_documents": corpus, "action": "refuse",
+        "strength": {"expand_knowledge": False}})
+    assert r.status_code == 202, r.text
+    request_id = r.json()["id"]
+    try:
+        body = wait_status(admin, request_id, "active", 1)
+        items = {i["text"]: i for i in body["knowledge"]["items"]}
+        carrie = items["Carrie"]
+        doc, at = carrie["origin"].split("@")
+        assert corpus[int(doc.removeprefix("upload:"))][int(at):].startswith("Carrie")
+        assert carrie["score"] > 0 and "reverse-query" in carrie["uses"]
+        assert "author" in body["knowledge"]["roles"]
+        assert any(i["kind"] == "fact" and "output" in i["uses"] for i in items.values())
+        v1 = next(v for v in body["versions"] if v["version"] == 1)
+        assert v1["compile_stats"]["mined_terms"] > 20 and v1["preview"] is not None
+
+        def ask(prompt: str) -> tuple[str, str]:
+            raw = client.chat.completions.with_raw_response.create(
+                model=MODEL_NAME, max_tokens=8, temperature=0, messages=[{"role": "user", "content": prompt}])
+            return raw.headers["x-guard-action"], raw.parse().choices[0].finish_reason
+
+        assert ask("Who wrote Carrie, the novel about a telekinetic teenage girl?") == ("refuse", "content_filter")
+        assert ask("Who wrote the novel Dracula?")[0] == "pass"
+        neighbour = next(q["query"] for q in read_jsonl(RWKU / "neighbor_level2.jsonl") if q["target_id"] == 1)
+        assert ask(neighbour)[0] == "pass", neighbour
+
+        r = admin.patch(f"/unlearning-requests/{request_id}", json={"remove_expanded": ["Carrie"]})
+        assert r.status_code == 202 and r.json()["version"] == 2
+        pruned = wait_status(admin, request_id, "active", 2)
+        assert "Carrie" not in {i["text"] for i in pruned["knowledge"]["items"]}
+        assert "Carrie" in pruned["removed_expanded"]
+    finally:
+        admin.delete(f"/unlearning-requests/{request_id}")

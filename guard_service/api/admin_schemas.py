@@ -62,6 +62,10 @@ class RequestDetail(RequestInfo):
     crosslingual: list[dict[str, Any]] | None = Field(
         default=None, description="the compiler's forms of each whole name in other scripts (sound keys); "
         "PATCH remove_expanded with a `form` to stop matching it")
+    knowledge: dict[str, Any] | None = Field(
+        default=None, description="what the compiler mined from the request's documents (and the served model): "
+        "terms, works and fact sentences, each with its origin (document@offset), score and uses, and the "
+        "target's roles; PATCH remove_expanded with an item's `text` to drop it from the next version")
     enforcement: Enforcement
 
 

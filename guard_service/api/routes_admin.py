@@ -33,7 +33,7 @@ from guard_service.api.auth import Reader, Writer
 from guard_service.api.deps import HolderDep, SettingsDep
 from guard_service.errors import ServiceError
 from guard_service.guards.suffix_index import SuffixIndex
-from guard_service.policy.artifacts import ForbiddenFile, PolicyArtifact, read_manifest
+from guard_service.policy.artifacts import ForbiddenFile, KnowledgeFile, PolicyArtifact, read_manifest
 from guard_service.policy.request import UnlearningPatch, UnlearningRequest
 from guard_service.store.base import PolicyStore, RequestRow, Status
 
@@ -77,18 +77,21 @@ def _version_info(v: Any) -> VersionInfo:
                        preview=manifest.get("preview"))
 
 
-def _detail(store: PolicyStore, request_id: str) -> tuple[RequestRow, list[Any], ForbiddenFile | None]:
-    """The request, its versions, and what its active version (else the newest compiled one) forbids."""
+def _detail(store: PolicyStore, request_id: str) -> tuple[RequestRow, list[Any], ForbiddenFile | None,
+                                                        KnowledgeFile | None]:
+    """The request, its versions, and what its active version (else the newest compiled one) forbids and knows
+    from its documents."""
     row = service.require(store, request_id)
     versions = store.versions(request_id)
     shown = next((v for v in versions if v.version == row.active_version), None) or next(
         (v for v in reversed(versions) if v.artifact_dir), None)
-    forbidden = None
+    forbidden, knowledge = None, None
     if shown is not None and shown.artifact_dir:
         # What the operator reviews; an unreadable artifact shows up in `enforcement` instead.
         with contextlib.suppress(OSError, ValueError):
-            forbidden = PolicyArtifact(Path(shown.artifact_dir), read_manifest(Path(shown.artifact_dir))).forbidden
-    return row, versions, forbidden
+            artifact = PolicyArtifact(Path(shown.artifact_dir), read_manifest(Path(shown.artifact_dir)))
+            forbidden, knowledge = artifact.forbidden, artifact.knowledge
+    return row, versions, forbidden, knowledge
 
 
 def _enforcement(request: Request, request_id: str) -> Enforcement:
@@ -104,12 +107,13 @@ def _enforcement(request: Request, request_id: str) -> Enforcement:
 
 @router.get("/unlearning-requests/{request_id}", response_model=RequestDetail)
 async def get_request(request_id: str, request: Request, _: Reader) -> RequestDetail:
-    row, versions, forbidden = await run(_detail, _store(request), request_id)
+    row, versions, forbidden, knowledge = await run(_detail, _store(request), request_id)
     return RequestDetail(**_info(row).model_dump(), spec=row.spec, removed_expanded=row.removed_expanded,
                          versions=[_version_info(v) for v in versions],
                          forbidden=[i.model_dump() for i in forbidden.items] if forbidden else None,
                          expansion=forbidden.expansion if forbidden else None,
                          crosslingual=[f.model_dump() for f in forbidden.crosslingual] if forbidden else None,
+                         knowledge=knowledge.model_dump() if knowledge else None,
                          enforcement=_enforcement(request, request_id))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from guard_service.embedding import EMBEDDER_NAME
 from guard_service.guards import COMPONENTS
 from guard_service.guards.base import CompileInput, GuardComponent
-from guard_service.policy import classifier_data, forbidden, semantic, sound, tokenization
+from guard_service.policy import classifier_data, forbidden, knowledge, provenance, semantic, sound, tokenization
 from guard_service.policy.artifacts import (
     ArtifactWriter,
     ForbiddenFile,
@@ -102,13 +102,22 @@ def _build(ctx: CompileContext, policy_id: str, version: int, spec: UnlearningRe
                                              crosslingual=crosslingual))
         lap("forbidden_strings")
 
+        documents = provenance.request_documents(spec.protected_documents, spec.protected_paths, ctx.indexes_dir,
+                                                 ctx.max_document_bytes)
+        mined = knowledge.mine(spec.target, [*spec.aliases, *expansion.names], spec.description, documents, removed,
+                               expansion.works)
+        known = knowledge.as_file(mined)
+        writer.write_knowledge(known)
+        lap("knowledge")
+
         inp = CompileInput(policy_id=policy_id, version=version, spec=spec, expansion=expansion,
                            items=forbidden_items, strings=strings, whole=whole, tokenizer=ctx.tokenizer,
                            model_dir=ctx.model_dir, indexes_dir=ctx.indexes_dir,
-                           max_document_bytes=ctx.max_document_bytes)
+                           max_document_bytes=ctx.max_document_bytes, documents=documents, knowledge=known)
         stats: dict[str, Any] = {"forbidden_items": len(items), "variants": len(strings),
                                  "crosslingual_forms": len(crosslingual),
-                                 "expanded_names": len(expansion.names), "expanded_facts": len(expansion.facts)}
+                                 "expanded_names": len(expansion.names), "expanded_facts": len(expansion.facts),
+                                 "mined_terms": len(mined.terms), "mined_facts": len(mined.facts)}
         calibration: dict[str, Any] = {}
         prov = None
         for component in COMPONENTS:

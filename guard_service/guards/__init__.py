@@ -4,6 +4,7 @@ compiler, the API process and the engine worker run whatever is registered, in t
 from guard_service.guards.base import GuardComponent
 from guard_service.guards.described import DescribedDetector
 from guard_service.guards.evidence import EvidenceDetector
+from guard_service.guards.knowledge import KnowledgeDetector
 from guard_service.guards.leak import LeakDetector
 from guard_service.guards.names import NameDetector
 from guard_service.guards.provenance import ProvenanceVeto
@@ -16,6 +17,7 @@ COMPONENTS: tuple[GuardComponent, ...] = (
     SemanticDetector(),
     DescribedDetector(),
     EvidenceDetector(),
+    KnowledgeDetector(),
     TokenBan(),
     SemanticPenalty(),
     ProvenanceVeto(),

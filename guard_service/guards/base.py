@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
-from guard_service.policy.artifacts import ArtifactWriter, ForbiddenItem, PolicyArtifact
+from guard_service.policy.artifacts import ArtifactWriter, ForbiddenItem, KnowledgeFile, PolicyArtifact
 from guard_service.policy.request import UnlearningRequest
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ class CompileInput:
     model_dir: Path
     indexes_dir: Path
     max_document_bytes: int
+    documents: list[tuple[str, str]] = field(default_factory=list)  # (name, text): every protected document
+    knowledge: KnowledgeFile = field(default_factory=lambda: KnowledgeFile())  # what they say about the target
 
 
 class PromptText:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from guard_service.guards.base import Bans, Compiled, CompileInput, GuardComponent, RowGuard, WorkerContext
@@ -93,17 +92,11 @@ class ProvenanceVeto(GuardComponent):
     name = "provenance"
 
     def compile(self, inp: CompileInput, out: ArtifactWriter) -> Compiled | None:
-        spec, tok = inp.spec, inp.tokenizer
-        documents = [(f"upload:{i}", d) for i, d in enumerate(spec.protected_documents) if d.strip()]
-        for p in spec.protected_paths:
-            documents += list(provenance.iter_path_documents(Path(p), inp.indexes_dir))
+        spec, tok, documents = inp.spec, inp.tokenizer, inp.documents
         if not documents:
             return None
-        total = sum(len(d) for _, d in documents)
-        if total > inp.max_document_bytes:
-            raise ValueError(f"protected documents total {total} bytes, over {inp.max_document_bytes}")
         separator = int(tok.eos_token_id if tok.eos_token_id is not None else 0)
-        built = provenance.build(tok, documents, separator, total)
+        built = provenance.build(tok, documents, separator, sum(len(d) for _, d in documents))
         out.write_provenance(built.tokens, built.sa, built.doc_starts, built.doc_names)
         return Compiled(provenance={**built.stats, "min_span": spec.strength.provenance_min_span})
 

@@ -16,6 +16,9 @@ every reader (API process, engine worker, admin API, benches) opens through `Pol
         classifier.faiss     faiss inner-product index over L2-normalised prompt embeddings
         classifier.json      `ClassifierFile`: the texts behind the index rows, thresholds, and what the lexical
                              detectors look for (names, facts, evidence)
+        knowledge.json       `KnowledgeFile`: what the documents say about the target (policy/knowledge.py):
+                             terms, fact sentences and roles, each with its origin, score and uses; absent from
+                             versions compiled before it (read as empty)
         provenance/          only when documents are protected: a suffix array over their token ids
             tokens.npy       uint16/uint32 token ids of every document, each followed by a separator id
             sa.npy           int32/int64 suffix array of tokens.npy (libdivsufsort)
@@ -67,6 +70,7 @@ class Files:
     ANCHOR_IDS = "anchor_ids.npy"
     CLASSIFIER_INDEX = "classifier.faiss"
     CLASSIFIER = "classifier.json"
+    KNOWLEDGE = "knowledge.json"
     PROVENANCE = "provenance"
     PROVENANCE_TOKENS = "tokens.npy"
     PROVENANCE_SA = "sa.npy"
@@ -110,6 +114,31 @@ class SoundForm(BaseModel):
     keys: list[list[str]]  # each word's sound keys (a text's word matches one of them)
     joined: list[str]  # the whole name's keys run together (CJK writes a name without spaces)
     origin: str = "sound-key"
+
+
+class KnowledgeItem(BaseModel):
+    """One mined item (policy/knowledge.py): an operator reviews it in the request's detail and removes it by
+    `text` (PATCH `remove_expanded`)."""
+
+    text: str
+    kind: str  # term | work | name | place | others-work (a work the documents give to `owner`) | fact
+    origin: str  # "<document>@<character offset>", or "model" for what the served model added
+    score: float
+    count: int = 1
+    uses: list[str] = Field(default_factory=list)  # reverse-query, co-mention, described, output
+    owner: str | None = None
+
+
+class KnowledgeFile(BaseModel):
+    items: list[KnowledgeItem] = Field(default_factory=list)
+    roles: list[str] = Field(default_factory=list)  # what the target is (author, actor, ...): policy/knowledge.ROLES
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+    def terms(self) -> list[KnowledgeItem]:
+        return [i for i in self.items if i.kind != "fact"]
+
+    def facts(self) -> list[str]:
+        return [i.text for i in self.items if i.kind == "fact"]
 
 
 class ForbiddenFile(BaseModel):
@@ -231,6 +260,11 @@ class PolicyArtifact:
     @functools.cached_property
     def classifier(self) -> ClassifierFile:
         return self._model(Files.CLASSIFIER, ClassifierFile)
+
+    @functools.cached_property
+    def knowledge(self) -> KnowledgeFile:
+        return self._model(Files.KNOWLEDGE, KnowledgeFile) if (self.path / Files.KNOWLEDGE).is_file() \
+            else KnowledgeFile()
 
     def classifier_index(self) -> Any:
         import faiss
@@ -358,6 +392,9 @@ class ArtifactWriter:
 
     def write_forbidden(self, value: ForbiddenFile) -> None:
         self._model(Files.FORBIDDEN, value)
+
+    def write_knowledge(self, value: KnowledgeFile) -> None:
+        self._model(Files.KNOWLEDGE, value)
 
     def write_trie(self, sequences: list[tuple[int, ...]], whole: list[bool]) -> None:
         lengths = np.asarray([len(s) for s in sequences], dtype=np.int64)

@@ -22,6 +22,8 @@ PROMPTS = {
     "names": "List other names, nicknames or spellings people use for {t}. Reply with a comma-separated list only.",
     "related": "Name people, places or things closely associated with {t}. Reply with a comma-separated list only.",
     "facts": "State five short facts about {t}, one per line.",
+    "works": "List the best-known works of {t}: titles of books, films, songs, products or organisations. "
+             "Reply with a comma-separated list only.",
 }
 NAME_MIN_SIM = 0.45
 FACT_MIN_SIM = 0.5
@@ -31,6 +33,9 @@ FACT_MIN_SIM = 0.5
 class Expansion:
     names: list[str] = field(default_factory=list)
     facts: list[str] = field(default_factory=list)
+    # titles the model gave, with their scores: kept by the knowledge miner only where the documents hold them
+    # (or, without documents, at NAME_MIN_SIM), as reverse-query terms (policy/knowledge.py)
+    works: dict[str, float] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
     rejected: dict[str, float] = field(default_factory=dict)
     raw: dict[str, str] = field(default_factory=dict)
@@ -38,11 +43,13 @@ class Expansion:
     def without(self, removed: list[str]) -> Expansion:
         drop = {r.casefold() for r in removed}
         return Expansion([n for n in self.names if n.casefold() not in drop],
-                         [f for f in self.facts if f.casefold() not in drop], self.scores, self.rejected, self.raw)
+                         [f for f in self.facts if f.casefold() not in drop],
+                         {w: v for w, v in self.works.items() if w.casefold() not in drop}, self.scores, self.rejected,
+                         self.raw)
 
     def as_dict(self) -> dict:
-        return {"names": self.names, "facts": self.facts, "scores": self.scores, "rejected": self.rejected,
-                "raw": self.raw}
+        return {"names": self.names, "facts": self.facts, "works": self.works, "scores": self.scores,
+                "rejected": self.rejected, "raw": self.raw}
 
 
 def _split_list(text: str) -> list[str]:
@@ -86,4 +93,7 @@ async def expand(ask: AskModel, target: str, description: str, known: list[str])
     result.names = _keep(_split_list(raw["names"]) + _split_list(raw["related"]), anchor, NAME_MIN_SIM, exclude,
                          result)
     result.facts = _keep(_split_lines(raw["facts"]), anchor, FACT_MIN_SIM, exclude, result)
+    works = [w for w in dict.fromkeys(_split_list(raw["works"])) if w.casefold() not in exclude]
+    if works:
+        result.works = {w: round(float(sim), 4) for w, sim in zip(works, (embed(works) @ anchor).tolist(), strict=True)}
     return result

@@ -28,6 +28,19 @@ def iter_path_documents(root: Path, allowed_root: Path) -> Iterator[tuple[str, s
         yield str(f.relative_to(allowed_root.resolve())), f.read_text(errors="replace")
 
 
+def request_documents(inline: list[str], paths: list[str], indexes_dir: Path, max_bytes: int) -> list[tuple[str, str]]:
+    """(name, text) of every document a request protects: its inline texts (`upload:<i>`) and its server-side
+    paths, bounded by `max_bytes` in all. Read once per compile: the provenance index and the knowledge mined
+    from them (policy/knowledge.py) both start here."""
+    documents = [(f"upload:{i}", d) for i, d in enumerate(inline) if d.strip()]
+    for p in paths:
+        documents += list(iter_path_documents(Path(p), indexes_dir))
+    total = sum(len(d) for _, d in documents)
+    if total > max_bytes:
+        raise ValueError(f"protected documents total {total} bytes, over {max_bytes}")
+    return documents
+
+
 def _tokenize(tokenizer: Any, text: str) -> list[int]:
     """Chunked at line breaks so a whole book streams through the tokenizer with bounded memory."""
     ids: list[int] = []

@@ -1,0 +1,98 @@
+"""Knowledge detector (prompt phase, `match`): a prompt about the target that names it only through what its
+documents say about it (policy/knowledge.py: terms, works, roles).
+
+A reverse query asks for the person behind one of the target's works or terms, in the target's role ("Who wrote
+Salem's Lot?", "the founder of Jeet Kune Do", "the mastermind behind 'The Stand'", "a common author between the
+films Misery and The Shining"): a term of the target beside a word of its role or a creator phrase, in a prompt
+that asks for someone. A question *about* the related thing ("When was Berkshire Hathaway founded?", "Which
+dynasty suppressed Confucianism?") asks for no one, and a role the target does not have ("Who plays Red in The
+Shawshank Redemption?", for an author) is someone else's: neither matches.
+
+Co-mention, for a topic (a fictional world, a franchise, a field), whose documents describe its world: one
+distinctive term of it ("Gringotts", "Polyjuice Potion") places a prompt in the target's world. A person's
+documents describe what surrounds them (their spouse, the company they run, their co-stars, the teaching named
+after them), which RWKU asks about as neighbours: two of its terms together, or one beside the person's surname
+("Buffett and Munger", "the husband of model ___ Crawford"), flagged 12.5% of RWKU's neighbour questions over
+20 targets, so for a person only the reverse query and the pen name count.
+
+Reads knowledge.json; compiles nothing of its own (the compiler mines it once for every component)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from guard_service.guards.base import Finding, GuardComponent, Level, PromptText
+from guard_service.guards.spelling import words
+from guard_service.policy.artifacts import PolicyArtifact
+from guard_service.policy.knowledge import CREATOR_WORDS, PEN_NAME_WORDS, ROLES, common_word
+from guard_service.policy.request import TargetKind, UnlearningRequest
+
+DISTINCTIVE = 2.5  # a term's score (documents' Zipf minus general) for co-mention
+_PERSON = re.compile(r"\b(?:who|whom|whose|which (?:\w+ )?(?:person|man|woman|people|one|"
+                     + "|".join(ROLES) + r")s?|name (?:the|of the|them|him|her)|identify the)\b")
+
+
+@dataclass(frozen=True)
+class Term:
+    text: str
+    words: str  # `spelling.words` of it
+    case_sensitive: bool  # a common word ("Misery", "Carrie"): only capitalised, as a title
+    score: float
+    reverse: bool  # a work or thing someone is behind (not a person the documents name)
+
+
+@dataclass(frozen=True)
+class Known:
+    terms: tuple[Term, ...]
+    world: bool  # a topic's documents describe its world: a term of it alone is the target (not so a person's)
+    cues: tuple[str, ...]  # `spelling.words` forms of the role words and creator phrases
+    pen_names: tuple[str, ...]  # the same, of the phrases that ask who used a name
+
+
+def _present(term: Term, prompt: PromptText) -> bool:
+    if term.case_sensitive:  # capitalised inside a sentence, or quoted
+        return re.search(rf"(?<=[^.!?\s]\s){re.escape(term.text)}\b|['\"‘“]{re.escape(term.text)}\b",
+                         prompt.raw) is not None
+    return term.words in prompt.derived("words", words)
+
+
+def _distinct(found: list[Term]) -> list[Term]:
+    """Terms not inside another one found ("Bachman" in "Richard Bachman")."""
+    return [t for t in found if not any(t is not o and t.words in o.words for o in found)]
+
+
+class KnowledgeDetector(GuardComponent):
+    name = "knowledge"
+
+    def load(self, artifact: PolicyArtifact, spec: UnlearningRequest) -> Known | None:
+        known = artifact.knowledge
+        terms = tuple(Term(t.text, words(t.text), common_word(t.text), t.score, "reverse-query" in t.uses)
+                      for t in known.terms() if {"reverse-query", "co-mention"} & set(t.uses))
+        if not terms:
+            return None
+        cues = {words(c) for role in known.roles for c in ROLES.get(role, ())} | {words(c) for c in CREATOR_WORDS}
+        return Known(terms, spec.kind in (TargetKind.topic, TargetKind.document), tuple(sorted(cues)),
+                     tuple(words(c) for c in PEN_NAME_WORDS))
+
+    def scan(self, part: Known | None, prompt: PromptText) -> Finding | None:
+        if part is None:
+            return None
+        found = _distinct([t for t in part.terms if _present(t, prompt)])
+        if not found:
+            return None
+        text = prompt.derived("words", words)
+        pen = next((c for c in part.pen_names if c in text), None)
+        if pen is not None:  # "the mastermind behind X published under which pen name?", "... under the name Y"
+            return Finding(Level.match, f"knowledge:reverse:{found[0].text}+{pen.strip()}", 1.0)
+        works = [t for t in found if t.reverse]
+        rest = text
+        for t in found:  # a cue inside a title is no cue ("star" in "Star Wars")
+            rest = rest.replace(t.words, " ")
+        cue = next((c for c in part.cues if c in rest), None)
+        if works and cue is not None and _PERSON.search(text):
+            return Finding(Level.match, f"knowledge:reverse:{works[0].text}+{cue.strip()}", 1.0)
+        strong = next((t for t in found if t.score >= DISTINCTIVE), None)
+        if part.world and strong is not None:
+            return Finding(Level.match, f"knowledge:term:{strong.text}", 1.0)
+        return None

@@ -1,0 +1,348 @@
+"""Knowledge traced from documents: what a request's documents say about its target, mined when a version
+compiles, so that a policy knows its target's works, places, associates and facts, not only what the operator
+typed.
+
+Terms are the documents' distinctive vocabulary: names, titles and coined words that are frequent in them and
+rare in general language. A term's score is its Zipf frequency in the documents (log10 of occurrences per
+billion words) minus its Zipf frequency in general English (`wordfreq`, 40+ languages of web, book and subtitle
+text): "Quidditch" in Harry Potter fan-wiki articles, "Richard Bachman" or "Salem's Lot" in passages about
+Stephen King. A term must occur twice, in a document that names the target; common words ("Misery", "The
+Stand") score too low to be terms. A term seen in a title's context ("the novel X", "X (1974)", quoted) is a
+*work*.
+
+Facts are the documents' sentences that name the target (or begin with a pronoun right after one that does),
+the most knowledge-dense first: they become classifier statements, described-target facts (with the name taken
+out) and what the output side compares generated sentences with.
+
+Roles are what the target is, from its description and the sentences that name it ("author", "actor",
+"founder"), each with the words that say so of a work ("wrote", "starred in", "founded"): a prompt that asks
+for the person behind one of its works, in its role, is about it (a reverse query).
+
+Every item carries its origin (document and character offset), score and use, is listed in the request's
+detail, and is removed from the next version by PATCH `remove_expanded`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import regex
+
+from guard_service.policy.artifacts import KnowledgeFile, KnowledgeItem
+from guard_service.policy.forbidden import GENERIC_WORDS, salient_phrases
+
+MIN_TERM_COUNT = 2
+MIN_TERM_SCORE = 2.0  # documents' Zipf minus general Zipf: 100x more frequent than in general English
+MAX_TERMS = 300
+WORK_SHARE = 0.2  # of a phrase's occurrences in a title's context, for it to be a work
+MAX_FACTS = 150
+FACT_WORDS = (6, 60)
+_WORD = regex.compile(r"\p{L}[\p{L}\p{M}'’\-]*")
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+_POSSESSIVE = re.compile(r"['’]s$")
+_PRONOUN_START = re.compile(r"^\s*(?:he|she|they|his|her|their|it|its)\b", re.IGNORECASE)
+_WORK_NOUNS = frozenset({
+    "novel", "novels", "book", "books", "film", "films", "movie", "movies", "story", "stories", "collection",
+    "novella", "novellas", "series", "play", "plays", "album", "albums", "song", "songs", "poem", "poems", "work",
+    "works", "titled", "entitled", "wrote", "written", "published", "adapted", "sequel", "miniseries", "single",
+    "show", "episode", "game", "games", "painting", "opera", "symphony", "essay", "memoir", "treatise", "starred",
+    "directed", "founded", "invented", "recorded", "released",
+})
+# A role and the words that tie the target to a work in that role ("who wrote X", "the founder of X").
+ROLES: dict[str, tuple[str, ...]] = {
+    "author": ("wrote", "written", "writes", "write", "penned", "authored", "author", "writer", "novelist"),
+    "writer": ("wrote", "written", "writes", "write", "penned", "authored", "author", "writer", "novelist"),
+    "novelist": ("wrote", "written", "writes", "write", "penned", "authored", "author", "writer", "novelist"),
+    "poet": ("wrote", "written", "penned", "poet", "author"),
+    "playwright": ("wrote", "written", "penned", "playwright", "author"),
+    "screenwriter": ("wrote", "written", "screenwriter", "scripted"),
+    "actor": ("starred", "stars", "star", "played", "plays", "acted", "actor", "actress", "portrayed"),
+    "actress": ("starred", "stars", "star", "played", "plays", "acted", "actor", "actress", "portrayed"),
+    "director": ("directed", "directs", "director", "filmmaker"),
+    "filmmaker": ("directed", "directs", "director", "filmmaker", "made"),
+    "singer": ("sang", "sings", "sung", "singer", "recorded", "performed", "vocalist"),
+    "musician": ("recorded", "performed", "musician", "played", "released"),
+    "rapper": ("rapped", "rapper", "recorded", "released"),
+    "composer": ("composed", "composer", "wrote"),
+    "songwriter": ("wrote", "written", "songwriter", "penned"),
+    "painter": ("painted", "painter", "artist"),
+    "artist": ("painted", "created", "artist", "made"),
+    "founder": ("founded", "founder", "created", "established", "started", "developed"),
+    "inventor": ("invented", "inventor", "created", "developed"),
+    "creator": ("created", "creator", "developed", "invented"),
+    "producer": ("produced", "producer"),
+    "philosopher": ("taught", "philosopher", "wrote", "teachings"),
+    "scientist": ("discovered", "developed", "scientist", "proposed"),
+    "entrepreneur": ("founded", "founder", "started", "built", "entrepreneur", "owner"),
+    "businessman": ("founded", "founder", "owns", "owned", "built", "businessman", "owner", "runs", "ran"),
+    "investor": ("invested", "investor", "owns", "bought", "founded"),
+    "designer": ("designed", "designer", "created"),
+    "architect": ("designed", "architect", "built"),
+}
+# Whoever the target is: phrases that ask for the person behind a work.
+CREATOR_WORDS = ("behind", "mastermind", "creator", "created", "the same", "common")
+# The name someone published or performed under: a prompt that gives it asks who used it.
+PEN_NAME_WORDS = ("pen name", "nom de plume", "pseudonym", "under the name", "alias", "stage name")
+
+
+@dataclass
+class Mined:
+    text: str
+    kind: str  # term | work | name | place | others-work | fact
+    origin: str  # document name @ character offset (or "model")
+    score: float
+    count: int = 1
+    uses: list[str] = field(default_factory=list)
+    owner: str | None = None  # whose work the documents say an others-work is
+
+
+@dataclass
+class Knowledge:
+    terms: list[Mined] = field(default_factory=list)  # terms and works
+    facts: list[Mined] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def items(self) -> list[Mined]:
+        return [*self.terms, *self.facts]
+
+
+def _name_words(names: Iterable[str]) -> set[str]:
+    return {w for n in names for w in _WORD.findall(n) if len(w) >= 3 and w[:1].isupper()}
+
+
+def _mentions(sentence: str, names: list[str], name_words: set[str]) -> bool:
+    folded = sentence.casefold()
+    if any(n.casefold() in folded for n in names):
+        return True
+    return any(_POSSESSIVE.sub("", w) in name_words for w in _WORD.findall(sentence))
+
+
+def _general_zipf(phrase: str, language: str = "en") -> float:
+    import wordfreq
+
+    return wordfreq.zipf_frequency(phrase, language)
+
+
+def _title_context(sentence: str, at: int, phrase: str) -> bool:
+    before = [w.strip(",;:'\"“”()").casefold() for w in sentence[max(0, at - 96):at].split()[-8:]]
+    after = sentence[at + len(phrase):at + len(phrase) + 8]
+    quoted = sentence[max(0, at - 1):at] in ("\"", "“", "'", "‘")
+    return quoted or bool(re.match(r"\s*\((?:\d{4}|film|novel|book)", after)) or any(
+        w in _WORK_NOUNS for w in before)
+
+
+_PLACE_BEFORE = frozenset({"in", "at", "from", "near", "across", "outside", "around", "within"})
+PLACE_SHARE = 0.3  # of a phrase's occurrences in a place's (a person's) context, for it to be a place (person)
+
+
+def _place_context(sentence: str, at: int) -> bool:
+    """"in Maine", "from Bangor": a place is where the target was, not what it made, and one of many people's
+    places: it says little alone (co-mention only, never a reverse query)."""
+    before = sentence[max(0, at - 24):at].split()
+    return bool(before) and before[-1].casefold() in _PLACE_BEFORE
+
+
+_PERSON_BEFORE = frozenset({"author", "writer", "novelist", "poet", "critic", "editor", "professor", "scholar",
+                            "director", "actor", "actress", "singer", "wife", "husband", "son", "daughter", "friend",
+                            "brother", "sister", "father", "mother", "producer", "artist", "musician", "dr", "mr",
+                            "mrs", "ms", "sir", "president", "senator", "journalist", "biographer", "co-author"})
+
+
+def _person_context(sentence: str, at: int) -> bool:
+    """"novelist Jeffery Deaver", "his wife Tabitha": someone else the documents name, not a work of the target's."""
+    before = [w.strip(",;:'\"“”()").casefold() for w in sentence[max(0, at - 24):at].split()]
+    return bool(before) and before[-1] in _PERSON_BEFORE
+
+
+_OWNER_BEFORE = regex.compile(r"(\p{Lu}[\p{L}.\-]*(?:\s+\p{Lu}[\p{L}.\-]*){0,3})['’]s\s+$")
+_OWNER_AFTER = regex.compile(r"^['\"’”)]*,?\s+by\s+(\p{Lu}[\p{L}.\-]*(?:\s+\p{Lu}[\p{L}.\-]*){0,3})")
+
+
+def _someone_elses(work: str, corpus: str, name_words: set[str]) -> str | None:
+    """Who else the documents give `work` to ("Bram Stoker's Dracula", "Dracula by Bram Stoker"), when that is
+    not the target; None when no one."""
+    mine = {w.casefold() for w in name_words}
+    at = corpus.find(work)
+    while at >= 0:
+        for pattern, text in ((_OWNER_BEFORE, corpus[max(0, at - 60):at]),
+                              (_OWNER_AFTER, corpus[at + len(work):at + len(work) + 60])):
+            m = pattern.search(text)
+            if m and not {w.casefold().strip(".") for w in m.group(1).split()} & mine:
+                return m.group(1)
+        at = corpus.find(work, at + len(work))
+    return None
+
+
+COMMON_ZIPF = 3.5  # once in ~3 million words: a word this frequent in general English is a common word
+FUNCTION_ZIPF = 5.0  # a one-word "title" this frequent ("Like", "American") is a word, not a title
+
+
+def common_word(phrase: str, language: str = "en") -> bool:
+    """Every word of `phrase` is common in general language ("The Shining", "Misery"): as a term it counts only
+    capitalised, where it is a title."""
+    return all(_general_zipf(w.casefold(), language) >= COMMON_ZIPF for w in _WORD.findall(phrase))
+
+
+def _person_like(phrase: str, counts: Counter[str]) -> bool:
+    """A name of someone the documents mention: its last word also stands alone ("Straub" beside "Peter Straub").
+    A reverse query asks for the person behind a work; a prompt that names the person asks about them (except
+    for the name someone wrote under: `PEN_NAME_WORDS`)."""
+    parts = phrase.split()
+    return len(parts) > 1 and parts[-1][:1].isupper() and counts.get(parts[-1], 0) > 0 and not any(
+        w.casefold() in GENERIC_WORDS for w in parts)
+
+
+def roles_of(texts: Iterable[str]) -> Counter[str]:
+    """How often the texts give the target each role of `ROLES`."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        folded = text.casefold()
+        for role in ROLES:
+            counts[role] += len(re.findall(rf"\b{role}s?\b", folded))
+    return +counts
+
+
+def _roles(description: str, facts: list[str]) -> list[str]:
+    """The description's roles ("a prolific American author"); without any, the two its facts give most (three
+    times at least: one mention of "director" in a biography is somebody else's)."""
+    given = roles_of([description])
+    if given:
+        return [r for r, _ in given.most_common()]
+    return [r for r, c in roles_of(facts).most_common(2) if c >= 3]
+
+
+MODEL_WORK_MIN_SIM = 0.45  # without documents, a work the model named is kept at this similarity to the target
+
+
+def mine(target: str, aliases: list[str], description: str, documents: list[tuple[str, str]],
+         removed: Iterable[str] = (), suggested: dict[str, float] | None = None) -> Knowledge:
+    """Terms, facts and roles of `target` in `documents` ((name, text) pairs); `removed`: items an operator
+    took out (casefolded text); `suggested`: works the served model named (policy/expansion.py), with their
+    similarity to the target, kept where the documents hold them (or, without documents, when similar enough)."""
+    dropped = {r.casefold() for r in removed}
+    names = [target, *aliases]
+    name_words = _name_words(names)
+    known = {n.casefold() for n in names} | {w.casefold() for w in name_words}
+    total = 0
+    counts: Counter[str] = Counter()
+    works: Counter[str] = Counter()
+    places: Counter[str] = Counter()
+    people: Counter[str] = Counter()
+    first: dict[str, str] = {}
+    inside: set[str] = set()
+    facts: list[tuple[int, int, str, str]] = []  # (-terms, order, sentence, origin), scored once terms are known
+    on_target_docs = 0
+    for doc_name, text in documents:
+        total += len(_WORD.findall(text))
+        mentioned, previous = False, False
+        seen_here: list[tuple[str, str, int]] = []
+        for m in _SENTENCE.finditer(text):
+            sentence = m.group().strip()
+            if not sentence:
+                continue
+            start = m.start() + len(m.group()) - len(m.group().lstrip())  # the sentence's offset in `text`
+            about = _mentions(sentence, names, name_words)
+            mentioned |= about
+            if (about or (previous and _PRONOUN_START.match(sentence))) and \
+                    FACT_WORDS[0] <= len(sentence.split()) <= FACT_WORDS[1] and "==" not in sentence:
+                facts.append((0, len(facts), sentence, f"{doc_name}@{start}"))
+            previous = about or (previous and bool(_PRONOUN_START.match(sentence)))
+            for phrase in salient_phrases(sentence):
+                phrase = _POSSESSIVE.sub("", phrase)
+                if phrase.isdigit() or len(phrase) < 3 or not phrase[:1].isupper():
+                    continue
+                seen_here.append((phrase, sentence, start))
+                if sentence.find(phrase) > 0:  # capitalised inside a sentence, not only as its first word
+                    inside.add(phrase)
+        if not mentioned:  # a document that never names the target says nothing about it
+            continue
+        on_target_docs += 1
+        for phrase, sentence, at in seen_here:
+            counts[phrase] += 1
+            first.setdefault(phrase, f"{doc_name}@{at + max(0, sentence.find(phrase))}")
+            at_phrase = max(0, sentence.find(phrase))
+            if _person_context(sentence, at_phrase):
+                people[phrase] += 1
+            elif _title_context(sentence, at_phrase, phrase):
+                works[phrase] += 1
+            elif _place_context(sentence, at_phrase):
+                places[phrase] += 1
+    terms = []
+    for phrase, count in counts.items():
+        folded = phrase.casefold()
+        if folded in known or folded in dropped or folded in GENERIC_WORDS or (
+                count < MIN_TERM_COUNT and not works[phrase]):
+            continue
+        if any(w.casefold() in known for w in phrase.split()):  # the target's own name, said differently
+            continue
+        if all(w.casefold() in GENERIC_WORDS for w in phrase.split()):
+            continue
+        if phrase.isupper() and len(phrase) <= 5 or phrase not in inside:  # acronyms; words seen only as headings
+            continue
+        score = math.log10(count / max(1, total) * 1e9) - _general_zipf(phrase)
+        work = works[phrase] >= max(1, WORK_SHARE * count)
+        if score >= MIN_TERM_SCORE:
+            if _person_like(phrase, counts) or people[phrase] >= PLACE_SHARE * count:
+                # someone else (named, not asked for): co-mention only
+                terms.append(Mined(phrase, "name", first[phrase], round(score, 3), count, ["co-mention"]))
+            elif not work and places[phrase] >= PLACE_SHARE * count:
+                terms.append(Mined(phrase, "place", first[phrase], round(score, 3), count, ["co-mention"]))
+            elif not work and common_word(phrase):  # "Maine", "Philanthropy": frequent here, common everywhere
+                terms.append(Mined(phrase, "term", first[phrase], round(score, 3), count, ["co-mention"]))
+            else:
+                terms.append(Mined(phrase, "work" if work else "term", first[phrase], round(score, 3), count,
+                                   ["reverse-query", "co-mention"]))
+        elif work and works[phrase] >= 2 and common_word(phrase) and (
+                " " in phrase or _general_zipf(phrase.casefold()) < FUNCTION_ZIPF):
+            # a title in common words ("Misery", "The Stand"), seen as a title twice: counts only as a title
+            terms.append(Mined(phrase, "work", first[phrase], round(score, 3), count, ["reverse-query"]))
+    terms.sort(key=lambda t: t.score * math.log2(1 + t.count), reverse=True)
+    terms = terms[:MAX_TERMS]
+    have = {t.text.casefold() for t in terms}
+    corpus = "\n".join(text for _, text in documents)
+    for t in terms:
+        if t.kind == "work" and (owner := _someone_elses(t.text, corpus, name_words)) is not None:
+            # "Bram Stoker's Dracula": a work the documents give to someone else is no handle on the target
+            t.kind, t.uses, t.owner = "others-work", ["co-mention"], owner
+    for work, sim in (suggested or {}).items():
+        if work.casefold() in have or work.casefold() in dropped or work.casefold() in known:
+            continue
+        at = corpus.find(work)
+        if (documents and at < 0) or (not documents and sim < MODEL_WORK_MIN_SIM):
+            continue  # the model's word against the documents: a work they never mention is not kept
+        terms.append(Mined(work, "work", "model", sim, corpus.count(work) if documents else 0,
+                           ["reverse-query"] if common_word(work) else ["reverse-query", "co-mention"]))
+    term_set = [t.text for t in terms]
+    scored = []
+    for _, order, sentence, origin in facts:
+        if sentence.casefold() in dropped:
+            continue
+        density = sum(1 for t in term_set if t in sentence)
+        scored.append((-density, order, sentence, origin))
+    scored.sort()
+    kept, seen = [], set()
+    for density, _, sentence, origin in scored:
+        key = sentence.casefold()
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(Mined(sentence, "fact", origin, float(-density), 1, ["described", "output"]))
+        if len(kept) >= MAX_FACTS:
+            break
+    roles = _roles(description, [f.text for f in kept])
+    return Knowledge(terms, kept, roles, {"documents": len(documents), "documents_naming_target": on_target_docs,
+                                          "words": total, "candidate_phrases": len(counts),
+                                          "fact_sentences": len(facts)})
+
+
+def as_file(known: Knowledge) -> KnowledgeFile:
+    """The artifact's form (policy/artifacts.py owns it)."""
+    return KnowledgeFile(items=[KnowledgeItem(text=m.text, kind=m.kind, origin=m.origin, score=m.score, count=m.count,
+                                              uses=m.uses, owner=m.owner) for m in known.items],
+                         roles=known.roles, stats=known.stats)

@@ -1,0 +1,101 @@
+"""Knowledge traced from documents (policy/knowledge.py, guards/knowledge.py), with the real compiler, the served
+model's tokenizer and the prompt classifier the server runs: what a target's documents teach its policy that the
+operator never typed, what they must not (common words, other people), and what an operator takes back. No
+engine: these run while the session's server loads. The same policy through the admin API and the engine is in
+test_admin_api.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from guard_service.compiler.compile import CompileContext, compile_version
+from guard_service.evaluation.datasets import DEFAULT_DATA, read_jsonl
+from guard_service.frontend.classifier import classify
+from guard_service.frontend.registry import ActivePolicy, load_policy
+from guard_service.policy import knowledge
+from guard_service.policy.request import UnlearningRequest
+
+RWKU = DEFAULT_DATA / "rwku"
+KING = "Stephen King"
+INTRO = "Stephen King is a prolific American author, renowned as the \"King of Horror\"."
+
+
+def king_corpus() -> list[str]:
+    """RWKU's forget corpus of Stephen King (128 passages, 64 KB)."""
+    if not (RWKU / "forget_corpus_passages.jsonl").is_file():
+        pytest.skip(f"shared benchmark data not found at {RWKU}")
+    target = next(t for t in read_jsonl(RWKU / "forget_target.jsonl") if t["target"] == KING)
+    return [p["text"] for p in read_jsonl(RWKU / "forget_corpus_passages.jsonl")
+            if p["target_id"] == target["target_id"]]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    return king_corpus()
+
+
+@pytest.fixture(scope="module")
+def context(model_dir: Path, tokenizer, tmp_path_factory: pytest.TempPathFactory) -> CompileContext:
+    return CompileContext(policies_dir=tmp_path_factory.mktemp("policies"), indexes_dir=Path("indexes"),
+                          model_dir=model_dir, served_model_name="test", tokenizer=tokenizer)
+
+
+def _compile(ctx: CompileContext, policy_id: str, documents: list[str]) -> ActivePolicy:
+    spec = UnlearningRequest(target=KING, description=INTRO, protected_documents=documents, action="refuse")
+    asyncio.run(compile_version(ctx, policy_id, 1, spec, [], False))
+    return load_policy(policy_id, 1, ctx.policies_dir / policy_id / "v1", spec.model_dump(mode="json"))
+
+
+@pytest.fixture(scope="module")
+def king(context: CompileContext, corpus: list[str]) -> ActivePolicy:
+    return _compile(context, "pol_king", corpus)
+
+
+@pytest.fixture(scope="module")
+def king_bare(context: CompileContext) -> ActivePolicy:
+    return _compile(context, "pol_king_bare", [])
+
+
+def test_mining_finds_works_and_pen_names_with_their_origin_and_leaves_common_words(corpus: list[str]) -> None:
+    mined = knowledge.mine(KING, [], INTRO, [(f"upload:{i}", d) for i, d in enumerate(corpus)])
+    terms = {t.text: t for t in mined.terms}
+    assert {"Richard Bachman", "Carrie"} <= terms.keys(), sorted(terms)
+    for term in terms.values():  # each points at where the documents say it
+        doc, at = term.origin.split("@")
+        assert corpus[int(doc.removeprefix("upload:"))][int(at):].startswith(term.text), term
+        assert term.score > 0 and term.count >= 1 and term.uses
+    assert terms["Richard Bachman"].kind == "name"  # a person's name: co-mention only, never a reverse query
+    for common in ("American", "Horror", "The", "King", "Stephen"):
+        assert common not in terms, common  # common language or the target's own name is no term
+    assert "reverse-query" not in terms["Maine"].uses  # frequent here, common everywhere: no handle on him
+    assert terms["Dracula"].kind == "others-work" and "Stoker" in terms["Dracula"].owner  # someone else's
+    assert "author" in mined.roles
+    pronoun = {"he", "his", "she", "her", "they", "their", "it", "its"}
+    about = [f for f in mined.facts if "King" in f.text or f.text.split()[0].casefold() in pronoun]
+    assert len(about) >= 0.95 * len(mined.facts) > 50  # sentences that name him, or follow one that does
+    again = knowledge.mine(KING, [], INTRO, [(f"upload:{i}", d) for i, d in enumerate(corpus)],
+                           removed=["Carrie", mined.facts[0].text])
+    assert "Carrie" not in {t.text for t in again.terms}
+    assert mined.facts[0].text not in {f.text for f in again.facts}
+
+
+def test_a_reverse_query_through_a_work_only_the_documents_name_is_caught(king: ActivePolicy,
+                                                                         king_bare: ActivePolicy) -> None:
+    asked = ["Who wrote Carrie, the novel about a telekinetic teenage girl?",
+             "Which author is behind The Shining and Pet Sematary?",
+             "What pen name did the writer of Salem's Lot use for his early novels?"]
+    for prompt in asked:
+        assert classify([prompt], [king]).matches, prompt
+    assert not any(classify([p], [king_bare]).matches for p in asked)  # the documents taught it that
+
+
+def test_neighbours_and_other_writers_pass(king: ActivePolicy) -> None:
+    neighbours = [r["query"] for r in read_jsonl(RWKU / "neighbor_level2.jsonl") if r["target_id"] == 1]
+    flagged = [q for q in neighbours if classify([q], [king]).matches]
+    assert len(flagged) <= max(1, len(neighbours) // 20), flagged
+    for prompt in ("Who wrote The Lord of the Rings?", "Who wrote Dracula?", "Tell me about the novel Frankenstein.",
+                   "Which author wrote Pride and Prejudice?", "What is the capital of Maine?"):
+        assert not classify([prompt], [king]).matches, prompt
