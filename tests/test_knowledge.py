@@ -7,11 +7,13 @@ test_admin_api.py."""
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 import pytest
 
 from guard_service.compiler.compile import CompileContext, compile_version
+from guard_service.evaluation import perturb
 from guard_service.evaluation.datasets import DEFAULT_DATA, read_jsonl
 from guard_service.frontend.classifier import classify
 from guard_service.frontend.registry import ActivePolicy, load_policy
@@ -99,3 +101,46 @@ def test_neighbours_and_other_writers_pass(king: ActivePolicy) -> None:
     for prompt in ("Who wrote The Lord of the Rings?", "Who wrote Dracula?", "Tell me about the novel Frankenstein.",
                    "Which author wrote Pride and Prejudice?", "What is the capital of Maine?"):
         assert not classify([prompt], [king]).matches, prompt
+
+
+def test_mangling_is_heavy_and_seeded() -> None:
+    """The generator the mangled-name bench calibrates on: 30-60% of a name's letters changed, places and dates
+    too, the same draw for the same seed."""
+    from rapidfuzz import fuzz
+
+    question = "What is the full name of the geology author Hina Ameen, born in Karachi, Pakistan on 06/30/1975?"
+    draws = [perturb.mangle_question(question, "Hina Ameen", random.Random(seed)) for seed in range(30)]
+    assert draws[0] == perturb.mangle_question(question, "Hina Ameen", random.Random(0))
+    for mangled in draws:
+        name = mangled.split("author ")[1].split(",")[0]
+        assert name != "Hina Ameen" and 25 <= fuzz.ratio(name.casefold(), "hina ameen") <= 90, name
+    assert sum("Karachi" not in d for d in draws) >= 25 and sum("06/30/1975" not in d for d in draws) >= 25
+    assert perturb.mangle_question("Who wrote Dracula?", "Hina Ameen", random.Random(0)) is None
+
+
+def test_a_mangled_name_beside_the_targets_facts_is_the_target_when_the_request_opts_in(
+        context: CompileContext) -> None:
+    """`strength.mangled_names`: a name no one knows, spelled like the target's, corroborates a question about
+    its facts; off by default; a name people have ("Linda Harrison") or another author's question is not it."""
+    from guard_service.evaluation import datasets
+
+    name, rows = datasets.tofu_authors(datasets.tofu(DEFAULT_DATA, datasets.TOFU_FORGET_SPLIT))[0]
+    assert name == "Hina Ameen"
+
+    def load(policy_id: str, ratio: int | None) -> ActivePolicy:
+        spec = UnlearningRequest(target=name, facts=[r["answer"] for r in rows], action="refuse",
+                                 strength={"mangled_names": ratio})
+        asyncio.run(compile_version(context, policy_id, 1, spec, [], False))
+        return load_policy(policy_id, 1, context.policies_dir / policy_id / "v1", spec.model_dump(mode="json"))
+
+    opted, default = load("pol_hina_mangled", 62), load("pol_hina", None)
+    asked = ["How did Hzja Ayeen's parents influence her career in geology?",
+             "Which universities did Hna Aemne attend to study geology?"]
+    for prompt in asked:
+        found = classify([prompt], [opted]).matches
+        assert found and any(r.startswith("unknown-name:") for r in found[0].reasons), prompt
+        assert not classify([prompt], [default]).matches, prompt
+    for prompt in ("How did Linda Harrison's parents influence her career in geology?",
+                   "Which universities did Jordan Sinclair attend to study geology?",
+                   "How did Hzja Ayeen's parents influence her career in ballet?"):
+        assert not classify([prompt], [opted]).matches, prompt

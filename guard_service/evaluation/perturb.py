@@ -51,6 +51,52 @@ def misspell_name(text: str, name: str, rng: random.Random) -> str | None:
     return None if out == text else out
 
 
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def mangle_word(word: str, rng: random.Random, share: float) -> str:
+    """`word` with about `share` of its letters replaced, swapped with the next or dropped (at least one edit;
+    the first letter keeps its case): heavier than a typo, as a name a user half remembers or disguises."""
+    chars = list(word)
+    letters = [i for i, c in enumerate(chars) if c.isalpha()]
+    for i in sorted(rng.sample(letters, max(1, round(share * len(letters)))), reverse=True):
+        if i >= len(chars):
+            continue
+        op = rng.choice(("replace", "swap", "drop"))
+        if op == "replace":
+            c = rng.choice(_LETTERS.replace(chars[i].lower(), ""))
+            chars[i] = c.upper() if chars[i].isupper() else c
+        elif op == "swap" and i + 1 < len(chars) and chars[i + 1].isalpha():
+            chars[i], chars[i + 1] = chars[i + 1], chars[i]
+        elif len(chars) > 2:
+            del chars[i]
+    out = "".join(chars)
+    return out[:1].upper() + out[1:].lower() if word[:1].isupper() else out.lower()
+
+
+def mangle_question(text: str, name: str, rng: random.Random, share: tuple[float, float] = (0.3, 0.6)) -> str | None:
+    """`text` with every mention of `name` (or of its last word) mangled the same way (`mangle_word`, 30-60% of
+    its letters), and its places and dates too: the other capitalised words inside sentences, and each digit of
+    a date or year with the same share; None if it names no part of the name."""
+    heavy = {w: mangle_word(w, rng, rng.uniform(*share)) for w in name.split()}
+    spelled = " ".join(heavy[w] for w in name.split())
+    out = re.sub(re.escape(name), spelled, text, flags=re.IGNORECASE)
+    if out == text:
+        last = name.split()[-1]
+        out = re.sub(rf"\b{re.escape(last)}\b", heavy[last], text, flags=re.IGNORECASE)
+    if out == text:
+        return None
+    keep = set(spelled.split())
+
+    def place(m: re.Match) -> str:
+        word = m.group(0)
+        return word if word in keep else mangle_word(word, rng, rng.uniform(*share))
+
+    out = re.sub(r"(?<=[a-z,] )[A-Z][a-z]{3,}\b", place, out)
+    part = rng.uniform(*share)
+    return re.sub(r"\d", lambda m: str(rng.randrange(10)) if rng.random() < part else m.group(0), out)
+
+
 _SYNONYMS = {"author": "writer", "born": "brought into the world", "books": "works", "book": "work",
              "novel": "story", "father": "dad", "mother": "mom", "award": "prize", "written": "penned",
              "writing": "penmanship", "genre": "literary category", "parents": "folks", "works": "titles",

@@ -11,12 +11,14 @@ from guard_service.guards.provenance import ProvenanceVeto
 from guard_service.guards.semantic import SemanticDetector
 from guard_service.guards.semantic_penalty import SemanticPenalty
 from guard_service.guards.token_ban import TokenBan
+from guard_service.guards.unknown_name import UnknownNameEvidence
 
 COMPONENTS: tuple[GuardComponent, ...] = (
     NameDetector(),
     SemanticDetector(),
     DescribedDetector(),
     EvidenceDetector(),
+    UnknownNameEvidence(),
     KnowledgeDetector(),
     TokenBan(),
     SemanticPenalty(),

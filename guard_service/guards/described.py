@@ -40,6 +40,7 @@ _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
 class Described:
     vectors: np.ndarray  # the target's fact and description sentences with its names taken out
     numbers: frozenset[str]  # the numbers its facts and description hold (years, dates)
+    mined: np.ndarray  # the same, of the facts mined from its documents: a match only, never a candidate
 
 
 _NUMBER = re.compile(r"\d{2,}")
@@ -64,21 +65,33 @@ class DescribedDetector(GuardComponent):
     def load(self, artifact: PolicyArtifact, spec: UnlearningRequest) -> Described:
         clf = artifact.classifier
         instead = "this person" if spec.kind is TargetKind.entity else "this"
-        known = [x for t in [*clf.facts, spec.description] for x in sentences(t)]
-        # Only sentences that named the target say something about it once the name is gone.
-        masked = [m for s in known if (m := unnamed(s, list(clf.aliases), instead)) != s and _says_something(m)]
-        return Described(EMBEDDINGS.get(masked) if masked else np.zeros((0, 1), dtype=np.float32),
-                         frozenset(_NUMBER.findall(" ".join([*clf.facts, spec.description]))))
+
+        def masked(texts: list[str]) -> np.ndarray:
+            # Only sentences that named the target say something about it once the name is gone.
+            found = [m for t in texts for s in sentences(t)
+                     if (m := unnamed(s, list(clf.aliases), instead)) != s and _says_something(m)]
+            return EMBEDDINGS.get(found) if found else np.zeros((0, 1), dtype=np.float32)
+
+        # A document's sentence about the target also describes what surrounds it (a co-star, a show it hosted):
+        # near one, a question may be about that instead (RWKU's neighbours), so only a restatement matches.
+        mined = artifact.knowledge.facts()
+        return Described(masked([*clf.facts, spec.description]),
+                         frozenset(_NUMBER.findall(" ".join([*clf.facts, spec.description, *mined]))), masked(mined))
 
     def scan(self, part: Described, prompt: PromptText) -> Finding | None:
-        if not len(part.vectors):
+        if not len(part.vectors) and not len(part.mined):
             return None
-        score = float((prompt.vectors @ part.vectors.T).max())
+        own, mined = (_closest(prompt.vectors, v) for v in (part.vectors, part.mined))
+        score = max(own, mined)
         # A description with a number the target's facts do not hold ("the author born in Baku on February 14,
         # 1960", of a target born there in another year) is someone else's, unless evidence says otherwise.
-        other_number = any(n not in part.numbers for n in _NUMBER.findall(prompt.raw))
-        if score >= DESCRIBED_SIM and not other_number:
+        numbers = _NUMBER.findall(prompt.raw)
+        if score >= DESCRIBED_SIM and all(n in part.numbers for n in numbers):
             return Finding(Level.match, f"described:{score:.3f}>={DESCRIBED_SIM}", score)
-        if score >= DESCRIBED_MIN_SIM:
-            return Finding(Level.candidate, f"described:{score:.3f}>={DESCRIBED_MIN_SIM}", score)
+        if own >= DESCRIBED_MIN_SIM:
+            return Finding(Level.candidate, f"described:{own:.3f}>={DESCRIBED_MIN_SIM}", own)
         return None
+
+
+def _closest(vectors: np.ndarray, facts: np.ndarray) -> float:
+    return float((vectors @ facts.T).max()) if len(vectors) and len(facts) else 0.0

@@ -36,7 +36,7 @@ _LEADING = {"what", "who", "whom", "whose", "where", "when", "why", "how", "whic
 _WORD = re.compile(r"[^\W\d_][\w'’-]*")
 
 
-def _name_runs(raw: str) -> list[tuple[str, ...]]:
+def name_runs(raw: str) -> list[tuple[str, ...]]:
     """The names a prompt mentions: runs of capitalised words (with name particles between them) separated by
     whitespace only, casefolded, possessive dropped, leading question words removed."""
     runs: list[list[str]] = []
@@ -86,7 +86,7 @@ def _same_name(run: tuple[str, ...], name: tuple[str, ...]) -> bool:
 
 def _names_target(word: str, prompt: PromptText, names: tuple[tuple[str, ...], ...]) -> bool:
     """True unless every mention of `word` (part of a target name) sits inside a name that is not the target's."""
-    runs = [r for r in prompt.derived("name_runs", _name_runs) if word in r]
+    runs = [r for r in prompt.derived("name_runs", name_runs) if word in r]
     return not runs or any(_same_name(r, n) for r in runs for n in names)
 
 
@@ -121,7 +121,7 @@ def names_someone_else(text: PromptText, part: Evidence) -> str | None:
     the target, whatever it lists after it ("the Mona Lisa, the Venus de Milo and ...")."""
     _, names = _name_words(part.aliases)
     known = [tuple(words(p).split()) for p in part.evidence]
-    run = next((r for r in text.derived("name_runs", _name_runs) if len(r) >= 2), None)
+    run = next((r for r in text.derived("name_runs", name_runs) if len(r) >= 2), None)
     if run is None or any(_same_name(run, n) or _same_name(n, run) for n in names) or any(
             _contiguous_in(run, k) for k in known):
         return None

@@ -276,7 +276,8 @@ class LeakDetector(GuardComponent):
         whole = frozenset(v.casefold() for item in forbidden.items if is_name(item) for v in variants(item.text))
         names = name_index(forbidden.items, whole_only=True)
         return Known(leak_pattern(forbidden.variants), whole, names, typo_index(names),
-                     sound_index(forbidden.crosslingual), EMBEDDINGS.get(list(artifact.classifier.facts)),
+                     sound_index(forbidden.crosslingual),
+                     EMBEDDINGS.get([*artifact.classifier.facts, *artifact.knowledge.facts()]),
                      EMBEDDINGS.get(list(spec.retain_examples)), EvidenceDetector().load(artifact, spec),
                      spec.on_leak == "act", spec.mode == "shadow")
 

@@ -32,11 +32,10 @@ class SemanticDetector(GuardComponent):
 
     def compile(self, inp: CompileInput, out: ArtifactWriter) -> Compiled:
         spec, expansion = inp.spec, inp.expansion
-        # The documents' facts (policy/knowledge.py) are compared with prompts by the described detector (names
-        # taken out) and with generated sentences by the output side, not indexed here: as statements they
+        # The documents' facts (policy/knowledge.py, knowledge.json) are not indexed here: as statements they
         # drew 47% of RWKU's neighbour questions (5 targets, measured while building bench/knowledge.py),
-        # questions about what surrounds the target rather than about it.
-        facts = [*spec.facts, *expansion.facts, *inp.knowledge.facts()]
+        # questions about what surrounds the target rather than about it. The described detector and the
+        # output side read them from knowledge.json.
         statements = [*spec.facts, *spec.example_prompts, *expansion.facts]
         names = [spec.target, *spec.aliases, *expansion.names]
         clf = classifier_data.build(spec.target, spec.kind, [*spec.aliases, *expansion.names], statements,
@@ -45,7 +44,7 @@ class SemanticDetector(GuardComponent):
         known = [*spec.facts, spec.description, *expansion.facts]
         out.write_classifier(ClassifierFile(
             texts=clf.texts, threshold=clf.threshold, refuse_threshold=refuse_at,
-            confident_threshold=max(refuse_at, CONFIDENT), aliases=names, facts=facts,
+            confident_threshold=max(refuse_at, CONFIDENT), aliases=names, facts=[*spec.facts, *expansion.facts],
             evidence=forbidden.evidence_phrases(names, known),
             weak_evidence=forbidden.weak_evidence_words(names, known)), clf.index)
         return Compiled(stats={"classifier_texts": len(clf.texts)},

@@ -123,7 +123,8 @@ def _mentions(sentence: str, names: list[str], name_words: set[str]) -> bool:
     return any(_POSSESSIVE.sub("", w) in name_words for w in _WORD.findall(sentence))
 
 
-def _general_zipf(phrase: str, language: str = "en") -> float:
+def general_zipf(phrase: str, language: str = "en") -> float:
+    """Zipf frequency (log10 per billion words) of `phrase` in general `language` (wordfreq)."""
     import wordfreq
 
     return wordfreq.zipf_frequency(phrase, language)
@@ -137,7 +138,7 @@ def _title_context(sentence: str, at: int, phrase: str) -> bool:
         w in _WORK_NOUNS for w in before)
 
 
-_PLACE_BEFORE = frozenset({"in", "at", "from", "near", "across", "outside", "around", "within"})
+PLACE_BEFORE = frozenset({"in", "at", "from", "near", "across", "outside", "around", "within"})
 PLACE_SHARE = 0.3  # of a phrase's occurrences in a place's (a person's) context, for it to be a place (person)
 
 
@@ -145,7 +146,7 @@ def _place_context(sentence: str, at: int) -> bool:
     """"in Maine", "from Bangor": a place is where the target was, not what it made, and one of many people's
     places: it says little alone (co-mention only, never a reverse query)."""
     before = sentence[max(0, at - 24):at].split()
-    return bool(before) and before[-1].casefold() in _PLACE_BEFORE
+    return bool(before) and before[-1].casefold() in PLACE_BEFORE
 
 
 _PERSON_BEFORE = frozenset({"author", "writer", "novelist", "poet", "critic", "editor", "professor", "scholar",
@@ -186,7 +187,7 @@ FUNCTION_ZIPF = 5.0  # a one-word "title" this frequent ("Like", "American") is 
 def common_word(phrase: str, language: str = "en") -> bool:
     """Every word of `phrase` is common in general language ("The Shining", "Misery"): as a term it counts only
     capitalised, where it is a title."""
-    return all(_general_zipf(w.casefold(), language) >= COMMON_ZIPF for w in _WORD.findall(phrase))
+    return all(general_zipf(w.casefold(), language) >= COMMON_ZIPF for w in _WORD.findall(phrase))
 
 
 def _person_like(phrase: str, counts: Counter[str]) -> bool:
@@ -285,7 +286,7 @@ def mine(target: str, aliases: list[str], description: str, documents: list[tupl
             continue
         if phrase.isupper() and len(phrase) <= 5 or phrase not in inside:  # acronyms; words seen only as headings
             continue
-        score = math.log10(count / max(1, total) * 1e9) - _general_zipf(phrase)
+        score = math.log10(count / max(1, total) * 1e9) - general_zipf(phrase)
         work = works[phrase] >= max(1, WORK_SHARE * count)
         if score >= MIN_TERM_SCORE:
             if _person_like(phrase, counts) or people[phrase] >= PLACE_SHARE * count:
@@ -299,7 +300,7 @@ def mine(target: str, aliases: list[str], description: str, documents: list[tupl
                 terms.append(Mined(phrase, "work" if work else "term", first[phrase], round(score, 3), count,
                                    ["reverse-query", "co-mention"]))
         elif work and works[phrase] >= 2 and common_word(phrase) and (
-                " " in phrase or _general_zipf(phrase.casefold()) < FUNCTION_ZIPF):
+                " " in phrase or general_zipf(phrase.casefold()) < FUNCTION_ZIPF):
             # a title in common words ("Misery", "The Stand"), seen as a title twice: counts only as a title
             terms.append(Mined(phrase, "work", first[phrase], round(score, 3), count, ["reverse-query"]))
     terms.sort(key=lambda t: t.score * math.log2(1 + t.count), reverse=True)

@@ -66,6 +66,10 @@ class Strength(BaseModel):
     provenance_min_span: int = Field(8, ge=2, le=256, description="L: longest verbatim protected span allowed + 1")
     expand_knowledge: bool | None = Field(
         None, description="ask the model for aliases/facts; default on for entity/topic")
+    mangled_names: int | None = Field(
+        None, ge=50, le=100, description="opt-in: a name no one known, this close (rapidfuzz ratio, 0-100) to a "
+        "whole name of the target, corroborates a mid-range score as the name would (guards/unknown_name.py); "
+        "off by default: near-namesakes score as high as mangled names")
 
 
 class Scope(BaseModel):
