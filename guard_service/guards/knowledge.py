@@ -45,6 +45,9 @@ class Term:
 @dataclass(frozen=True)
 class Known:
     terms: tuple[Term, ...]
+    # One pass over a prompt's words finds every term it may hold (overlapping: "richard bachman" and "bachman");
+    # only those are checked exactly. Most prompts hold none, so a policy costs one regex scan, not one per term.
+    prefilter: re.Pattern[str]
     world: bool  # a topic's documents describe its world: a term of it alone is the target (not so a person's)
     cues: tuple[str, ...]  # `spelling.words` forms of the role words and creator phrases
     pen_names: tuple[str, ...]  # the same, of the phrases that ask who used a name
@@ -72,16 +75,21 @@ class KnowledgeDetector(GuardComponent):
         if not terms:
             return None
         cues = {words(c) for role in known.roles for c in ROLES.get(role, ())} | {words(c) for c in CREATOR_WORDS}
-        return Known(terms, spec.kind in (TargetKind.topic, TargetKind.document), tuple(sorted(cues)),
+        forms = sorted({t.words.strip() for t in terms if t.words.strip()}, key=len, reverse=True)
+        prefilter = re.compile("(?= (" + "|".join(map(re.escape, forms)) + ") )")
+        return Known(terms, prefilter, spec.kind in (TargetKind.topic, TargetKind.document), tuple(sorted(cues)),
                      tuple(words(c) for c in PEN_NAME_WORDS))
 
     def scan(self, part: Known | None, prompt: PromptText) -> Finding | None:
         if part is None:
             return None
-        found = _distinct([t for t in part.terms if _present(t, prompt)])
+        text = prompt.derived("words", words)
+        near = {m.group(1) for m in part.prefilter.finditer(text)}
+        if not near:
+            return None
+        found = _distinct([t for t in part.terms if t.words.strip() in near and _present(t, prompt)])
         if not found:
             return None
-        text = prompt.derived("words", words)
         pen = next((c for c in part.pen_names if c in text), None)
         if pen is not None:  # "the mastermind behind X published under which pen name?", "... under the name Y"
             return Finding(Level.match, f"knowledge:reverse:{found[0].text}+{pen.strip()}", 1.0)
