@@ -145,8 +145,20 @@ class CompileScheduler:
                 await asyncio.to_thread(self.preview.warm)  # cached by now, unless the early warm failed
             self.warm = True
         for row in await asyncio.to_thread(self.store.pending):
-            if await asyncio.to_thread(self.store.claim, row.request_id, row.version, self.worker):
+            if await self._claim(row.request_id, row.version):
                 await self.compile_one(ctx, row.request_id, row.version, row.spec)
+
+    async def _claim(self, request_id: str, version: int) -> bool:
+        """Claim a pending version. A shutdown that lands while the claim is in flight (committed in its thread,
+        not yet seen here) gives it back once it is known to have succeeded: otherwise it would sit claimed by a
+        process that is gone until its lease ran out (a SIGTERM'd replica's compile is taken over at once)."""
+        claiming = asyncio.ensure_future(asyncio.to_thread(self.store.claim, request_id, version, self.worker))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            if await claiming:
+                await asyncio.to_thread(self.store.release, request_id, version, self.worker)
+            raise
 
     async def _preview(self, request_id: str, version: int, path: str, spec: dict) -> dict | None:
         """The impact preview, or why there is none (a version that cannot even be loaded for it fails closed
