@@ -74,7 +74,7 @@ def main() -> None:
                 ["policies", "caught", "answer changed", "changed, not caught"],
                 [[arm, f"{a['caught']:.3f}", f"{a['changed']:.3f}", f"{a['changed_not_caught']:.3f}"]
                  for arm, a in result["arms"].items()])
-    print(f"wrote {write_json('document_collateral', result)}")
+    write_json("document_collateral", result)
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def main() -> None:
     print_table("compile cost (Harry Potter policy + fan-wiki text)", ["MB", "compile s", "mining s", "provenance s"],
                 [[c["mb"], c["compile_s"], c["knowledge_s"], c["provenance_s"]]
                  for c in result["harry_potter"]["compile_cost"]])
-    print(f"wrote {write_json('knowledge', result)}")
+    write_json("knowledge", result)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def main() -> None:
     rows += [[f"false positive: {k}", *[f"{out['arms'][a]['false_positive'][k]:.3f}" for a in arms]]
              for k in negatives]
     print_table(f"TOFU forget05, {len(mangled)} mangled questions, by strength.mangled_names", ["set", *arms], rows)
-    print(f"wrote {write_json('mangled_names', out)}")
+    write_json("mangled_names", out)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,11 @@ def test_mining_finds_works_and_pen_names_with_their_origin_and_leaves_common_wo
         doc, at = term.origin.split("@")
         assert corpus[int(doc.removeprefix("upload:"))][int(at):].startswith(term.text), term
         assert term.score > 0 and term.count >= 1 and term.uses
-    assert terms["Richard Bachman"].kind == "name"  # a person's name: co-mention only, never a reverse query
+    # "under the pseudonym Richard Bachman", in a sentence about him: the target itself, whatever a prompt asks
+    assert terms["Richard Bachman"].kind == "pen-name" and terms["Richard Bachman"].uses == ["alias"]
+    assert terms["Peter Straub"].kind == "name"  # someone else's name: co-mention only, never a reverse query
+    assert not {t.text for t in terms.values() if t.kind == "pen-name"} & {"Peter Straub", "Donald E. Westlake",
+                                                                         "Richard Stark"}
     for common in ("American", "Horror", "The", "King", "Stephen"):
         assert common not in terms, common  # common language or the target's own name is no term
     assert "reverse-query" not in terms["Maine"].uses  # frequent here, common everywhere: no handle on him
@@ -88,7 +92,8 @@ def test_a_reverse_query_through_a_work_only_the_documents_name_is_caught(king: 
                                                                          king_bare: ActivePolicy) -> None:
     asked = ["Who wrote Carrie, the novel about a telekinetic teenage girl?",
              "Which author is behind The Shining and Pet Sematary?",
-             "What pen name did the writer of Salem's Lot use for his early novels?"]
+             "What pen name did the writer of Salem's Lot use for his early novels?",
+             "What novels did Richard Bachman publish?", "Whose pen produced Pet Sematary?"]
     for prompt in asked:
         assert classify([prompt], [king]).matches, prompt
     assert not any(classify([p], [king_bare]).matches for p in asked)  # the documents taught it that
@@ -101,6 +106,46 @@ def test_neighbours_and_other_writers_pass(king: ActivePolicy) -> None:
     for prompt in ("Who wrote The Lord of the Rings?", "Who wrote Dracula?", "Tell me about the novel Frankenstein.",
                    "Which author wrote Pride and Prejudice?", "What is the capital of Maine?"):
         assert not classify([prompt], [king]).matches, prompt
+
+
+def _rwku_policy(ctx: CompileContext, target: str) -> tuple[ActivePolicy, dict[str, knowledge.Mined]]:
+    """A policy as RWKU gives it (name + intro) with the target's forget corpus, and its mined terms."""
+    king_corpus()  # skips without the data
+    row = next(t for t in read_jsonl(RWKU / "forget_target.jsonl") if t["target"] == target)
+    docs = [p["text"] for p in read_jsonl(RWKU / "forget_corpus_passages.jsonl") if p["target_id"] == row["target_id"]]
+    spec = UnlearningRequest(target=target, description=row["intro"].replace(f"Please forget {target}. ", ""),
+                             protected_documents=docs, action="refuse")
+    pid = "pol_" + target.split()[-1].casefold()
+    asyncio.run(compile_version(ctx, pid, 1, spec, [], False))
+    policy = load_policy(pid, 1, ctx.policies_dir / pid / "v1", spec.model_dump(mode="json"))
+    return policy, {t.text: t for t in knowledge.mine(target, [], spec.description, list(enumerate(docs))).terms}
+
+
+def _by_knowledge(prompt: str, policy: ActivePolicy) -> list[str]:
+    """What the knowledge detector found in `prompt` (other detectors of the policy left aside)."""
+    return [r for m in classify([prompt], [policy]).matches for r in m.reasons if r.startswith("knowledge:")]
+
+
+def test_other_names_parts_and_a_films_cast(context: CompileContext) -> None:
+    """A name the documents say the target was born with is the target; a part an actor played asks for the actor,
+    another part of the same film asks for someone else; so does the maker of something made from a work."""
+    confucius, terms = _rwku_policy(context, "Confucius")
+    assert terms["Kong Qiu"].kind == "birth-name" and terms["Kong Qiu"].uses == ["alias"]  # "born Kong Qiu", once
+    assert not [t for t in terms.values() if "alias" in t.uses and " " not in t.text and len(t.text) < 5]
+    assert _by_knowledge("Who taught Kong Qiu?", confucius)
+    hamill, terms = _rwku_policy(context, "Mark Hamill")
+    assert terms["Luke Skywalker"].kind == "character"  # "played Luke Skywalker"
+    assert _by_knowledge("Which actor played Luke Skywalker?", hamill)
+    for other in ("Who plays the role of Rey in 'Star Wars: The Rise of Skywalker'?",
+                  "Who played the role of Supreme Leader Kylo Ren in Star Wars: The Rise of Skywalker?"):
+        assert not _by_knowledge(other, hamill), other
+    perlman, terms = _rwku_policy(context, "Rhea Perlman")
+    assert terms["Matilda"].kind == "appearance"  # "appeared in films, including … Matilda (1996)"
+    assert not _by_knowledge("Who played the title character in the film 'Matilda'?", perlman)
+    assert _by_knowledge("Which actress who appeared in Matilda and Taxi was married to Danny DeVito?", perlman)
+    morissette, _ = _rwku_policy(context, "Alanis Morissette")
+    assert _by_knowledge("Who wrote Jagged Little Pill?", morissette)
+    assert not _by_knowledge("Who wrote the book for the musical 'Jagged Little Pill'?", morissette)
 
 
 def test_mangling_is_heavy_and_seeded() -> None:

@@ -18,7 +18,7 @@ from guard_service.embedding import EMBEDDINGS
 from guard_service.frontend.registry import ActivePolicy
 from guard_service.guards import COMPONENTS
 from guard_service.guards.base import GuardComponent, Level, PromptText
-from guard_service.guards.described import sentences
+from guard_service.policy.text import sentences
 
 WINDOW_WORDS = 48
 

@@ -21,6 +21,7 @@ from guard_service.guards.base import Finding, GuardComponent, Level, PromptText
 from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.forbidden import unnamed
 from guard_service.policy.request import TargetKind, UnlearningRequest
+from guard_service.policy.text import sentences
 
 DESCRIBED_MIN_SIM = 0.7  # a prompt this close to an unnamed fact may describe the target (a candidate)
 DESCRIBED_SIM = 0.85  # ... this close, it restates the fact with the name taken out (a match)
@@ -33,7 +34,6 @@ _STOPWORDS = frozenset({
     "which", "when", "where", "why", "how", "as", "into", "about", "than", "then", "so", "such", "can", "could",
     "would", "should", "will", "may", "might", "must", "not", "no", "also", "very", "more", "most", "person",
 })
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,6 @@ _NUMBER = re.compile(r"\d{2,}")
 def _says_something(masked: str) -> bool:
     content = [w for w in re.findall(r"[^\W\d_]{3,}|\d+", masked.casefold()) if w not in _STOPWORDS]
     return len(content) >= MIN_CONTENT_WORDS
-
-
-SENTENCE_MIN_WORDS = 4
-
-
-def sentences(text: str) -> list[str]:
-    """The sentences of `text` long enough to say something (the classifier reads a prompt's this way too)."""
-    return [s for m in _SENTENCE.finditer(text) if len((s := m.group().strip()).split()) >= SENTENCE_MIN_WORDS]
 
 
 class DescribedDetector(GuardComponent):

@@ -16,6 +16,7 @@ from guard_service.guards.base import Finding, GuardComponent, Level, PromptText
 from guard_service.guards.spelling import words
 from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.request import UnlearningRequest
+from guard_service.policy.text import without_possessive
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def name_runs(raw: str) -> list[tuple[str, ...]]:
     current: list[str] = []
     last_end = -1
     for m in _WORD.finditer(raw):
-        word = re.sub(r"['’]s$", "", m.group())
+        word = without_possessive(m.group())
         joined = bool(current) and raw[last_end:m.start()].isspace()
         if word[:1].isupper() or (joined and word.casefold() in _NAME_LINKS):
             if not joined:

@@ -15,6 +15,9 @@ after them), which RWKU asks about as neighbours: two of its terms together, or 
 ("Buffett and Munger", "the husband of model ___ Crawford"), flagged 12.5% of RWKU's neighbour questions over
 20 targets, so for a person only the reverse query and the pen name count.
 
+A name the documents say the target went by ("under the pen name Richard Bachman", "born Kong Qiu") is the
+target: any prompt that holds it matches.
+
 Reads knowledge.json; compiles nothing of its own (the compiler mines it once for every component)."""
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from dataclasses import dataclass
 from guard_service.guards.base import Finding, GuardComponent, Level, PromptText
 from guard_service.guards.spelling import words
 from guard_service.policy.artifacts import PolicyArtifact
-from guard_service.policy.knowledge import CREATOR_WORDS, PEN_NAME_WORDS, ROLES, common_word
+from guard_service.policy.knowledge import (
+    ASSOCIATION_WORDS,
+    CREATOR_WORDS,
+    PEN_NAME_WORDS,
+    PERFORMER_WORDS,
+    ROLES,
+    common_word,
+)
 from guard_service.policy.request import TargetKind, UnlearningRequest
 
 DISTINCTIVE = 2.5  # a term's score (documents' Zipf minus general) for co-mention
@@ -33,13 +43,27 @@ _PERSON = re.compile(r"\b(?:who|whom|whose|which (?:\w+ )?(?:person|man|woman|pe
                      + "|".join(ROLES) + r")s?|name (?:the|of the|them|him|her)|identify the)\b")
 
 
+# A part a question names ("the role of Rey", "the title character", "the narrator"): someone's in the cast.
+_OTHER_PART = re.compile(r" the (?:role|part|character|voice)s?(?: of)? | the (?:title|lead|main|leading|starring) "
+                         r"(?:character|role|part)s? | the (?:narrator|villain|protagonist|antagonist|hero|heroine) ")
+
+
+# Something made from the work by others ("the book for the musical X", "the film adaptation of X"): its maker
+# is someone else, whatever the work's maker did.
+_DERIVATIVE = re.compile(r" the (?:book|screenplay|script|music|lyrics|libretto|score|soundtrack) (?:for|of|to) | "
+                         r"(?:film|movie|stage|tv|television|musical|screen) (?:adaptation|version|remake)s? | "
+                         r"adapted (?:it |this )?(?:for|into) | remake | cover version")
+
+
 @dataclass(frozen=True)
 class Term:
     text: str
     words: str  # `spelling.words` of it
-    case_sensitive: bool  # a common word ("Misery", "Carrie"): only capitalised, as a title
+    title: re.Pattern[str] | None  # a common word ("Misery", "Carrie"): only capitalised inside a sentence, or quoted
     score: float
+    kind: str  # policy/knowledge.py's: an appearance (a film's cast) or a part is asked for only by a cast's cue
     reverse: bool  # a work or thing someone is behind (not a person the documents name)
+    alias: bool  # a name the target went by (a pen name): the target itself
 
 
 @dataclass(frozen=True)
@@ -51,12 +75,16 @@ class Known:
     world: bool  # a topic's documents describe its world: a term of it alone is the target (not so a person's)
     cues: tuple[str, ...]  # `spelling.words` forms of the role words and creator phrases
     pen_names: tuple[str, ...]  # the same, of the phrases that ask who used a name
+    cast: frozenset[str]  # the cues (same form) that ask who was in a work, or is tied to it, not who made it
+
+
+def _title(text: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<=[^.!?\s]\s){re.escape(text)}\b|['\"‘“]{re.escape(text)}\b")
 
 
 def _present(term: Term, prompt: PromptText) -> bool:
-    if term.case_sensitive:  # capitalised inside a sentence, or quoted
-        return re.search(rf"(?<=[^.!?\s]\s){re.escape(term.text)}\b|['\"‘“]{re.escape(term.text)}\b",
-                         prompt.raw) is not None
+    if term.title is not None:
+        return term.title.search(prompt.raw) is not None
     return term.words in prompt.derived("words", words)
 
 
@@ -70,15 +98,18 @@ class KnowledgeDetector(GuardComponent):
 
     def load(self, artifact: PolicyArtifact, spec: UnlearningRequest) -> Known | None:
         known = artifact.knowledge
-        terms = tuple(Term(t.text, words(t.text), common_word(t.text), t.score, "reverse-query" in t.uses)
-                      for t in known.terms() if {"reverse-query", "co-mention"} & set(t.uses))
+        terms = tuple(Term(t.text, words(t.text), _title(t.text) if common_word(t.text) else None, t.score, t.kind,
+                           "reverse-query" in t.uses, "alias" in t.uses)
+                      for t in known.terms() if {"reverse-query", "co-mention", "alias"} & set(t.uses))
         if not terms:
             return None
+        cast = frozenset(words(c) for c in (*PERFORMER_WORDS, *ASSOCIATION_WORDS))
         cues = {words(c) for role in known.roles for c in ROLES.get(role, ())} | {words(c) for c in CREATOR_WORDS}
+        cues |= {c for c in cast if c.strip() not in PERFORMER_WORDS}  # a performer's words only for performers
         forms = sorted({t.words.strip() for t in terms if t.words.strip()}, key=len, reverse=True)
         prefilter = re.compile("(?= (" + "|".join(map(re.escape, forms)) + ") )")
         return Known(terms, prefilter, spec.kind in (TargetKind.topic, TargetKind.document), tuple(sorted(cues)),
-                     tuple(words(c) for c in PEN_NAME_WORDS))
+                     tuple(words(c) for c in PEN_NAME_WORDS), cast)
 
     def scan(self, part: Known | None, prompt: PromptText) -> Finding | None:
         if part is None:
@@ -90,6 +121,9 @@ class KnowledgeDetector(GuardComponent):
         found = _distinct([t for t in part.terms if t.words.strip() in near and _present(t, prompt)])
         if not found:
             return None
+        alias = next((t for t in found if t.alias), None)
+        if alias is not None:  # "Who is Richard Bachman?", "Who taught Kong Qiu?": a name the target went by
+            return Finding(Level.match, f"knowledge:other-name:{alias.text}", 1.0)
         pen = next((c for c in part.pen_names if c in text), None)
         if pen is not None:  # "the mastermind behind X published under which pen name?", "... under the name Y"
             return Finding(Level.match, f"knowledge:reverse:{found[0].text}+{pen.strip()}", 1.0)
@@ -97,9 +131,17 @@ class KnowledgeDetector(GuardComponent):
         rest = text
         for t in found:  # a cue inside a title is no cue ("star" in "Star Wars")
             rest = rest.replace(t.words, " ")
-        cue = next((c for c in part.cues if c in rest), None)
-        if works and cue is not None and _PERSON.search(text):
-            return Finding(Level.match, f"knowledge:reverse:{works[0].text}+{cue.strip()}", 1.0)
+        cues = [c for c in part.cues if c in rest]
+        if works and cues and _PERSON.search(text):
+            # a film has a cast: "who played X in it" asks for the target only where X is the target's part
+            other = _OTHER_PART.search(text)
+            ours = other is None or any(text.startswith(t.words, other.end() - 1) for t in found
+                                        if t.kind in ("character", "name"))
+            for work in works:
+                cue = next((c for c in cues if c in part.cast and ours or work.kind not in ("appearance", "character")
+                            and c not in part.cast and not _DERIVATIVE.search(text)), None)
+                if cue is not None:
+                    return Finding(Level.match, f"knowledge:reverse:{work.text}+{cue.strip()}", 1.0)
         strong = next((t for t in found if t.score >= DISTINCTIVE), None)
         if part.world and strong is not None:
             return Finding(Level.match, f"knowledge:term:{strong.text}", 1.0)

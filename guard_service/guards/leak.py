@@ -46,12 +46,11 @@ from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.forbidden import is_name, variants
 from guard_service.policy.request import UnlearningRequest
 from guard_service.policy.sound import cjk
+from guard_service.policy.text import SENTENCE
 
 SEMANTIC_MIN_CHARS = 20
 FACT_MIN_SIM = 0.75  # a generated sentence this close to a forbidden fact restates it
 FACT_EVIDENCE_SIM = 0.6  # ... or this close while naming what the target's facts name
-# One sentence and its terminator; a full stop not followed by a space ("J.K.", "3.5") stays inside it.
-_SENTENCE = re.compile(r"(?:[^.!?。！？\n]|[.!?](?=\S))+[.!?。！？]*")
 RESCAN_CHARS = 96  # a leak may straddle deltas: each feed rescans this much of what came before
 
 
@@ -227,7 +226,7 @@ class LeakScanner(OutputScanner):
         end = len(self.output) if upto is None else upto
         chunk, start = self.output[self._judged:end], self._judged
         self._judged = max(self._judged, end)
-        spans = [(m.start() + start, m.group().strip()) for m in _SENTENCE.finditer(chunk)]
+        spans = [(m.start() + start, m.group().strip()) for m in SENTENCE.finditer(chunk)]
         spans = [(at, s) for at, s in spans if len(s) >= SEMANTIC_MIN_CHARS]
         both = self._all
         if not spans or not both.with_facts:

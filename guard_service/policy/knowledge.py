@@ -34,29 +34,36 @@ import regex
 
 from guard_service.policy.artifacts import KnowledgeFile, KnowledgeItem
 from guard_service.policy.forbidden import GENERIC_WORDS, salient_phrases
+from guard_service.policy.text import sentence_spans, without_possessive
 
 MIN_TERM_COUNT = 2
 MIN_TERM_SCORE = 2.0  # documents' Zipf minus general Zipf: 100x more frequent than in general English
+MIN_ONE_WORD_NAME = 5  # letters of a one-word other name ("Temüjin"): a shorter one ("Qiu") is many people's
 MAX_TERMS = 300
+# Coined words in lower case ("wizarding", "apparated", "hippogriff"): a world's own vocabulary, recurring in its
+# documents; rarer ones are mostly spellings and inflections general language lacks ("snogged", "compartmentalising").
+MIN_WORD_COUNT = 10
+MIN_WORD_SCORE = 2.5
+MAX_WORDS = 100
 WORK_SHARE = 0.2  # of a phrase's occurrences in a title's context, for it to be a work
 MAX_FACTS = 150
 FACT_WORDS = (6, 60)
 _WORD = regex.compile(r"\p{L}[\p{L}\p{M}'’\-]*")
-_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
-_POSSESSIVE = re.compile(r"['’]s$")
+_FRAGMENT_START = regex.compile(r"^[\s\p{Pe}\p{Pf}]*[\p{Ll}\d]")  # "479 BCE), born Kong Qiu …": a cut passage
 _PRONOUN_START = re.compile(r"^\s*(?:he|she|they|his|her|their|it|its)\b", re.IGNORECASE)
 _WORK_NOUNS = frozenset({
     "novel", "novels", "book", "books", "film", "films", "movie", "movies", "story", "stories", "collection",
     "novella", "novellas", "series", "play", "plays", "album", "albums", "song", "songs", "poem", "poems", "work",
     "works", "titled", "entitled", "wrote", "written", "published", "adapted", "sequel", "miniseries", "single",
     "show", "episode", "game", "games", "painting", "opera", "symphony", "essay", "memoir", "treatise", "starred",
-    "directed", "founded", "invented", "recorded", "released",
+    "directed", "founded", "invented", "recorded", "released", "ep", "eps", "mixtape", "musical", "sitcom",
+    "documentary", "soundtrack", "tour",
 })
 # A role and the words that tie the target to a work in that role ("who wrote X", "the founder of X").
 ROLES: dict[str, tuple[str, ...]] = {
-    "author": ("wrote", "written", "writes", "write", "penned", "authored", "author", "writer", "novelist"),
-    "writer": ("wrote", "written", "writes", "write", "penned", "authored", "author", "writer", "novelist"),
-    "novelist": ("wrote", "written", "writes", "write", "penned", "authored", "author", "writer", "novelist"),
+    "author": ("wrote", "written", "writes", "write", "penned", "pen", "authored", "author", "writer", "novelist"),
+    "writer": ("wrote", "written", "writes", "write", "penned", "pen", "authored", "author", "writer", "novelist"),
+    "novelist": ("wrote", "written", "writes", "write", "penned", "pen", "authored", "author", "writer", "novelist"),
     "poet": ("wrote", "written", "penned", "poet", "author"),
     "playwright": ("wrote", "written", "penned", "playwright", "author"),
     "screenwriter": ("wrote", "written", "screenwriter", "scripted"),
@@ -83,8 +90,15 @@ ROLES: dict[str, tuple[str, ...]] = {
     "designer": ("designed", "designer", "created"),
     "architect": ("designed", "architect", "built"),
 }
+# The cues that ask for someone who was in a work, not who made it: the only ones an appearance answers.
+PERFORMER_WORDS = (*ROLES["actor"], "cast", "appeared", "appears", "appear", "cameo", "voiced", "voices")
+# Whoever the target is and whatever its part: phrases that ask for the person a thing is tied to.
+ASSOCIATION_WORDS = ("known for", "famous for", "renowned for", "celebrated for", "associated with", "linked to",
+                     "linked with", "tied to", "connected to", "connected with", "credited with", "gave us",
+                     "brought us", "the face of")
 # Whoever the target is: phrases that ask for the person behind a work.
-CREATOR_WORDS = ("behind", "mastermind", "creator", "created", "the same", "common")
+CREATOR_WORDS = ("behind", "mastermind", "creator", "created", "originator", "credited", "responsible for", "the same",
+                 "common")
 # The name someone published or performed under: a prompt that gives it asks who used it.
 PEN_NAME_WORDS = ("pen name", "nom de plume", "pseudonym", "under the name", "alias", "stage name")
 
@@ -92,7 +106,7 @@ PEN_NAME_WORDS = ("pen name", "nom de plume", "pseudonym", "under the name", "al
 @dataclass
 class Mined:
     text: str
-    kind: str  # term | work | name | place | others-work | fact
+    kind: str  # term | work | appearance | character | name | pen-name | birth-name | place | others-work | fact
     origin: str  # document name @ character offset (or "model")
     score: float
     count: int = 1
@@ -120,7 +134,7 @@ def _mentions(sentence: str, names: list[str], name_words: set[str]) -> bool:
     folded = sentence.casefold()
     if any(n.casefold() in folded for n in names):
         return True
-    return any(_POSSESSIVE.sub("", w) in name_words for w in _WORD.findall(sentence))
+    return any(without_possessive(w) in name_words for w in _WORD.findall(sentence))
 
 
 def general_zipf(phrase: str, language: str = "en") -> float:
@@ -138,6 +152,18 @@ def _title_context(sentence: str, at: int, phrase: str) -> bool:
         w in _WORK_NOUNS for w in before)
 
 
+_APPEARED = re.compile(r"\b(?:appear(?:s|ed|ing|ance|ances)?|starr(?:ed|ing)|co-?star(?:s|red)?|cameos?|cast|"
+                       r"guest|role|roles|played|playing|portray(?:ed|ing)?|voiced)\b", re.IGNORECASE)
+APPEARANCE_SHARE = 0.5  # of a work's title contexts that say the target appeared in it, for an appearance
+
+
+def _appearance_context(sentence: str, at: int) -> bool:
+    """"appeared in films, including … Matilda (1996)", "played Skywalker again in The Rise of Skywalker": a work
+    the target was one of many people in, so a question about its cast asks for the target only as one answer
+    among several (a performer's reverse query: guards/knowledge.py), and never as its maker."""
+    return _APPEARED.search(sentence[max(0, at - 150):at]) is not None
+
+
 PLACE_BEFORE = frozenset({"in", "at", "from", "near", "across", "outside", "around", "within"})
 PLACE_SHARE = 0.3  # of a phrase's occurrences in a place's (a person's) context, for it to be a place (person)
 
@@ -153,6 +179,40 @@ _PERSON_BEFORE = frozenset({"author", "writer", "novelist", "poet", "critic", "e
                             "director", "actor", "actress", "singer", "wife", "husband", "son", "daughter", "friend",
                             "brother", "sister", "father", "mother", "producer", "artist", "musician", "dr", "mr",
                             "mrs", "ms", "sir", "president", "senator", "journalist", "biographer", "co-author"})
+
+
+_PEN_BEFORE = re.compile(r"(?:pen[ -]?names?|pseudonyms?|noms? de plume|stage names?|under the names?|alias(?:es)?|"
+                         r"(?:also|better|professionally|formerly) known as|a\.k\.a\.?|(?:writing|wrote|published) as)"
+                         r"(?:,? (?:including|such as|of|like))?\W{0,3}$", re.IGNORECASE)
+_BORN_BEFORE = re.compile(r"(?:\bborn|\bnée?|nicknamed|"
+                          r"(?:birth|real|given|original|courtesy|family|maiden) names?(?: (?:is|was))?)\W{0,3}$",
+                          re.IGNORECASE)
+
+
+_USER_AFTER = re.compile(r"^\W{0,3}(?:used|uses|adopted|had|wrote under|published under)\b")
+
+
+def _other_name_context(sentence: str, at: int, phrase: str) -> str | None:
+    """The name the target went by, in a sentence about it: "under the pen name Richard Bachman", "also known as
+    Bruce Lee" (a pen name), "born Kong Qiu", "courtesy name Zhongni" (a birth name). Either is the target
+    itself (found by any prompt that names it, like an alias), not an associate ("Richard Stark, the pseudonym
+    Donald E. Westlake used": the one who used it). None when neither."""
+    before = sentence[max(0, at - 48):at]
+    if _USER_AFTER.match(sentence[at + len(phrase):]):
+        return None
+    if _PEN_BEFORE.search(before):
+        return "pen-name"
+    return "birth-name" if _BORN_BEFORE.search(before) else None
+
+
+_PART_BEFORE = re.compile(r"(?:\bplay(?:s|ed|ing)|\bportray(?:s|ed|ing)|\bvoic(?:es|ed|ing)|\bas|"
+                          r"\b(?:role|part|character) of|\bcharacter)\W{0,3}$", re.IGNORECASE)
+
+
+def _part_context(sentence: str, at: int) -> bool:
+    """"played Luke Skywalker", "as Terry Malloy", "the role of Carla": a part the target played (asked for by a
+    performer's reverse query: "Who played Luke Skywalker?"), not someone the documents name."""
+    return _PART_BEFORE.search(sentence[max(0, at - 24):at]) is not None
 
 
 def _person_context(sentence: str, at: int) -> bool:
@@ -199,6 +259,25 @@ def _person_like(phrase: str, counts: Counter[str]) -> bool:
         w.casefold() in GENERIC_WORDS for w in parts)
 
 
+def _coined(counts: Counter[str], first: dict[str, int], total: int, documents: list[tuple[str, str]],
+            skip: set[str]) -> list[Mined]:
+    """The documents' own lower-case words (co-mention only: they place a prompt in a topic's world, and say
+    nothing of a person)."""
+    out = []
+    for word, count in counts.items():
+        if count < MIN_WORD_COUNT or word in skip or word in GENERIC_WORDS:
+            continue
+        general = general_zipf(word)
+        score = math.log10(count / max(1, total) * 1e9) - general
+        if general < COMMON_ZIPF and score >= MIN_WORD_SCORE:
+            name, text = documents[first[word]]
+            at = regex.search(rf"(?<!\p{{L}}){regex.escape(word)}(?!\p{{L}})", text)
+            out.append(Mined(word, "term", f"{name}@{at.start() if at else 0}", round(score, 3), count,
+                             ["co-mention"]))
+    out.sort(key=lambda t: t.score * math.log2(1 + t.count), reverse=True)
+    return out[:MAX_WORDS]
+
+
 def roles_of(texts: Iterable[str]) -> Counter[str]:
     """How often the texts give the target each role of `ROLES`."""
     counts: Counter[str] = Counter()
@@ -233,52 +312,71 @@ def mine(target: str, aliases: list[str], description: str, documents: list[tupl
     total = 0
     counts: Counter[str] = Counter()
     works: Counter[str] = Counter()
+    appeared: Counter[str] = Counter()
+    parts: Counter[str] = Counter()
     places: Counter[str] = Counter()
     people: Counter[str] = Counter()
+    pens: Counter[str] = Counter()
+    other_kind: dict[str, str] = {}
     first: dict[str, str] = {}
     inside: set[str] = set()
+    lower: Counter[str] = Counter()
+    lower_first: dict[str, int] = {}  # the document it is first seen in
     facts: list[tuple[int, int, str, str]] = []  # (-terms, order, sentence, origin), scored once terms are known
     on_target_docs = 0
-    for doc_name, text in documents:
-        total += len(_WORD.findall(text))
-        mentioned, previous = False, False
-        seen_here: list[tuple[str, str, int]] = []
-        for m in _SENTENCE.finditer(text):
-            sentence = m.group().strip()
-            if not sentence:
-                continue
-            start = m.start() + len(m.group()) - len(m.group().lstrip())  # the sentence's offset in `text`
+    previous = False
+    for doc_index, (doc_name, text) in enumerate(documents):
+        doc_words = _WORD.findall(text)
+        total += len(doc_words)
+        # a passage cut from a longer text may begin inside the sentence the one before ended with
+        fragment = bool(_FRAGMENT_START.match(text))
+        mentioned, previous = False, previous if fragment else False
+        seen_here: list[tuple[str, str, int, bool]] = []
+        for start, sentence in sentence_spans(text):
             about = _mentions(sentence, names, name_words)
             mentioned |= about
-            if (about or (previous and _PRONOUN_START.match(sentence))) and \
-                    FACT_WORDS[0] <= len(sentence.split()) <= FACT_WORDS[1] and "==" not in sentence:
+            # it names the target, or begins with a pronoun right after one that does (or ends its sentence)
+            about = about or (previous and (bool(_PRONOUN_START.match(sentence)) or fragment))
+            fragment = False
+            if about and FACT_WORDS[0] <= len(sentence.split()) <= FACT_WORDS[1] and "==" not in sentence:
                 facts.append((0, len(facts), sentence, f"{doc_name}@{start}"))
-            previous = about or (previous and bool(_PRONOUN_START.match(sentence)))
+            previous = about
             for phrase in salient_phrases(sentence):
-                phrase = _POSSESSIVE.sub("", phrase)
+                phrase = without_possessive(phrase)
                 if phrase.isdigit() or len(phrase) < 3 or not phrase[:1].isupper():
                     continue
-                seen_here.append((phrase, sentence, start))
+                seen_here.append((phrase, sentence, start, about))
                 if sentence.find(phrase) > 0:  # capitalised inside a sentence, not only as its first word
                     inside.add(phrase)
         if not mentioned:  # a document that never names the target says nothing about it
             continue
         on_target_docs += 1
-        for phrase, sentence, at in seen_here:
+        for word in doc_words:
+            if len(word) >= 5 and word.islower():
+                word = without_possessive(word)
+                lower[word] += 1
+                lower_first.setdefault(word, doc_index)
+        for phrase, sentence, at, about in seen_here:
             counts[phrase] += 1
             first.setdefault(phrase, f"{doc_name}@{at + max(0, sentence.find(phrase))}")
             at_phrase = max(0, sentence.find(phrase))
-            if _person_context(sentence, at_phrase):
+            if about and (other := _other_name_context(sentence, at_phrase, phrase)) is not None:
+                pens[phrase] += 1
+                other_kind.setdefault(phrase, other)
+            elif about and _part_context(sentence, at_phrase):
+                parts[phrase] += 1
+            elif _person_context(sentence, at_phrase):
                 people[phrase] += 1
             elif _title_context(sentence, at_phrase, phrase):
                 works[phrase] += 1
+                appeared[phrase] += _appearance_context(sentence, at_phrase)
             elif _place_context(sentence, at_phrase):
                 places[phrase] += 1
     terms = []
     for phrase, count in counts.items():
         folded = phrase.casefold()
         if folded in known or folded in dropped or folded in GENERIC_WORDS or (
-                count < MIN_TERM_COUNT and not works[phrase]):
+                count < MIN_TERM_COUNT and not works[phrase] and not pens[phrase]):
             continue
         if any(w.casefold() in known for w in phrase.split()):  # the target's own name, said differently
             continue
@@ -288,8 +386,17 @@ def mine(target: str, aliases: list[str], description: str, documents: list[tupl
             continue
         score = math.log10(count / max(1, total) * 1e9) - general_zipf(phrase)
         work = works[phrase] >= max(1, WORK_SHARE * count)
-        if score >= MIN_TERM_SCORE:
-            if _person_like(phrase, counts) or people[phrase] >= PLACE_SHARE * count:
+        kind = "appearance" if work and appeared[phrase] >= APPEARANCE_SHARE * works[phrase] else "work"
+        if pens[phrase] and not common_word(phrase) and (" " in phrase or len(phrase) >= MIN_ONE_WORD_NAME):
+            # the name the target went by ("born Kong Qiu", once in a biography): the target, however a prompt
+            # asks about it, however rare in the documents
+            terms.append(Mined(phrase, other_kind[phrase], first[phrase], round(score, 3), count, ["alias"]))
+        elif score >= MIN_TERM_SCORE:
+            if parts[phrase] >= PLACE_SHARE * count and not common_word(phrase):
+                # a part the target played: a performer's reverse query asks for the target through it
+                terms.append(Mined(phrase, "character", first[phrase], round(score, 3), count,
+                                   ["reverse-query", "co-mention"]))
+            elif _person_like(phrase, counts) or people[phrase] >= PLACE_SHARE * count:
                 # someone else (named, not asked for): co-mention only
                 terms.append(Mined(phrase, "name", first[phrase], round(score, 3), count, ["co-mention"]))
             elif not work and places[phrase] >= PLACE_SHARE * count:
@@ -297,18 +404,19 @@ def mine(target: str, aliases: list[str], description: str, documents: list[tupl
             elif not work and common_word(phrase):  # "Maine", "Philanthropy": frequent here, common everywhere
                 terms.append(Mined(phrase, "term", first[phrase], round(score, 3), count, ["co-mention"]))
             else:
-                terms.append(Mined(phrase, "work" if work else "term", first[phrase], round(score, 3), count,
+                terms.append(Mined(phrase, kind if work else "term", first[phrase], round(score, 3), count,
                                    ["reverse-query", "co-mention"]))
         elif work and works[phrase] >= 2 and common_word(phrase) and (
                 " " in phrase or general_zipf(phrase.casefold()) < FUNCTION_ZIPF):
             # a title in common words ("Misery", "The Stand"), seen as a title twice: counts only as a title
-            terms.append(Mined(phrase, "work", first[phrase], round(score, 3), count, ["reverse-query"]))
+            terms.append(Mined(phrase, kind, first[phrase], round(score, 3), count, ["reverse-query"]))
     terms.sort(key=lambda t: t.score * math.log2(1 + t.count), reverse=True)
-    terms = terms[:MAX_TERMS]
+    terms = terms[:MAX_TERMS] + _coined(lower, lower_first, total, documents, known | dropped | {
+        t.text.casefold() for t in terms})
     have = {t.text.casefold() for t in terms}
     corpus = "\n".join(text for _, text in documents)
     for t in terms:
-        if t.kind == "work" and (owner := _someone_elses(t.text, corpus, name_words)) is not None:
+        if t.kind in ("work", "appearance") and (owner := _someone_elses(t.text, corpus, name_words)) is not None:
             # "Bram Stoker's Dracula": a work the documents give to someone else is no handle on the target
             t.kind, t.uses, t.owner = "others-work", ["co-mention"], owner
     for work, sim in (suggested or {}).items():
