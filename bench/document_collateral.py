@@ -1,9 +1,10 @@
 """What protecting a knowledge corpus costs the questions around it (issue #24): the first five RWKU targets as
 `refuse` policies (name + intro), asked every RWKU level-2 neighbour question of theirs through a real server,
 guarded vs unguarded (the audited admin bypass), with no documents, with their forget corpus as documents at the
-default provenance span (8 tokens), and at the longest (256: the veto practically off). A corpus given as
-documents is knowledge *and* protected text: the veto stops any 8-token span of it, and Wikipedia-style passages
-share such spans with ordinary answers about the same subjects.
+default provenance span (8 tokens), at the longest (256: the veto practically off), and given as knowledge only
+(`strength.documents_as = "knowledge"`: no veto at all). A corpus given as protected documents is knowledge *and*
+protected text: the veto stops any 8-token span of it, and Wikipedia-style passages share such spans with
+ordinary answers about the same subjects.
 
     python -m bench.document_collateral
 """
@@ -19,16 +20,17 @@ from bench.processes import ADMIN_TOKEN, start_server, stop_server
 from guard_service.evaluation import datasets
 from guard_service.evaluation.client import EvalClient
 
-ARMS = {"name + intro": (False, 8), "+ corpus, provenance span 8 (default)": (True, 8),
-        "+ corpus, provenance span 256": (True, 256)}
+ARMS = {"name + intro": (False, 8, "protected"), "+ corpus, provenance span 8 (default)": (True, 8, "protected"),
+        "+ corpus, provenance span 256": (True, 256, "protected"),
+        "+ corpus as knowledge only (documents_as)": (True, 8, "knowledge")}
 
 
-def specs(targets: list[dict], corpus: list[dict], documents: bool, span: int) -> list[dict]:
+def specs(targets: list[dict], corpus: list[dict], documents: bool, span: int, use: str) -> list[dict]:
     out = []
     for t in targets:
         spec = {"target": t["target"], "kind": "entity", "action": "refuse",
                 "description": t["intro"].replace(f"Please forget {t['target']}. ", ""),
-                "strength": {"expand_knowledge": False, "provenance_min_span": span}}
+                "strength": {"expand_knowledge": False, "provenance_min_span": span, "documents_as": use}}
         if documents:
             spec["protected_documents"] = [p["text"] for p in corpus if p["target_id"] == t["target_id"]]
         out.append(spec)
@@ -44,8 +46,8 @@ async def run(url: str) -> dict:
     out: dict = {"questions": len(questions), "arms": {}}
     async with EvalClient(url, ADMIN_TOKEN, concurrency=32) as client:
         unguarded = await asyncio.gather(*[client.chat(q, guarded=False) for q in questions])
-        for arm, (documents, span) in ARMS.items():
-            made = [await client.submit(s) for s in specs(targets, corpus, documents, span)]
+        for arm, (documents, span, use) in ARMS.items():
+            made = [await client.submit(s) for s in specs(targets, corpus, documents, span, use)]
             for request_id in made:
                 await client.wait_active(request_id)
             guarded = await asyncio.gather(*[client.chat(q, guarded=True) for q in questions])

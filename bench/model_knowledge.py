@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,11 +30,11 @@ from guard_service.evaluation import datasets
 from guard_service.evaluation.client import EvalClient
 
 MODELS = {"embedded SmolLM2-135M": {}, "tofu fixture": {"GUARD_FIXTURE": "tofu"}}
-_TITLE = re.compile(r"[\"“]([^\"”]{3,80}?)[.,]?[\"”]")
+_TITLE = re.compile(r"[\"“]([^\"”]{3,80}?)[.,]?[\"”]|(?<!\w)['‘]([^'‘’]{3,80}?)[.,]?['’](?!\w)")
 
 
 def titles(rows: list[dict]) -> set[str]:
-    return {t.strip() for r in rows for t in _TITLE.findall(r["answer"])}
+    return {(a or b).strip() for r in rows for a, b in _TITLE.findall(r["answer"])}
 
 
 def real(work: str, truth: set[str]) -> bool:
@@ -85,7 +87,7 @@ async def measure(url: str, authors: list[tuple[str, list[dict]]]) -> dict:
             out[arm] = {"works named": named, "named that are real titles": named_real, "kept": kept,
                         "kept that are real titles": kept_real,
                         "reverse queries caught": sum(a.caught for a in answers) / max(1, len(probes)),
-                        "reverse queries": len(probes), "examples": examples[:4]}
+                        "reverse queries": len(probes), "examples": examples}
             for request_id in made:
                 await client.revoke(request_id)
     return out
@@ -94,6 +96,8 @@ async def measure(url: str, authors: list[tuple[str, list[dict]]]) -> dict:
 def main() -> None:
     authors = datasets.tofu_authors(datasets.tofu(datasets.DEFAULT_DATA, datasets.TOFU_FORGET_SPLIT))
     result: dict = {"authors": len(authors), "models": {}}
+    # the fixture's merged weights (a few seconds; nothing is downloaded)
+    subprocess.run([sys.executable, "-m", "guard_service.cli", "prepare-model", "--fixture", "tofu"], check=True)
     for model, env in MODELS.items():
         server = start_server(Path(tempfile.mkdtemp(prefix="model-knowledge-")), env)
         try:

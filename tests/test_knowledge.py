@@ -93,10 +93,26 @@ def test_a_reverse_query_through_a_work_only_the_documents_name_is_caught(king: 
     asked = ["Who wrote Carrie, the novel about a telekinetic teenage girl?",
              "Which author is behind The Shining and Pet Sematary?",
              "What pen name did the writer of Salem's Lot use for his early novels?",
-             "What novels did Richard Bachman publish?", "Whose pen produced Pet Sematary?"]
+             "What novels did Richard Bachman publish?", "Whose pen produced Pet Sematary?",
+             "Which wordsmith or performer is the mastermind behind The Shining?",  # someone, whatever the trade
+             "Which creative figure co-wrote a novel with Peter Straub?"]  # through a person he worked with
     for prompt in asked:
         assert classify([prompt], [king]).matches, prompt
     assert not any(classify([p], [king_bare]).matches for p in asked)  # the documents taught it that
+
+
+def test_documents_given_as_knowledge_teach_the_policy_without_protecting_their_words(
+        context: CompileContext, corpus: list[str]) -> None:
+    """`strength.documents_as = "knowledge"`: public text (a Wikipedia-style corpus) teaches the policy its target
+    but is no protected text, so no provenance index is built and no 8-token span of it is vetoed."""
+    spec = UnlearningRequest(target=KING, description=INTRO, protected_documents=corpus, action="refuse",
+                             strength={"documents_as": "knowledge"})
+    asyncio.run(compile_version(context, "pol_king_public", 1, spec, [], False))
+    policy = load_policy("pol_king_public", 1, context.policies_dir / "pol_king_public" / "v1",
+                         spec.model_dump(mode="json"))
+    assert policy.artifact.provenance_path is None and policy.artifact.manifest.provenance is None
+    assert "Richard Bachman" in {t.text for t in policy.artifact.knowledge.terms()}
+    assert classify(["Which author is behind The Shining and Pet Sematary?"], [policy]).matches
 
 
 def test_neighbours_and_other_writers_pass(king: ActivePolicy) -> None:
@@ -104,7 +120,8 @@ def test_neighbours_and_other_writers_pass(king: ActivePolicy) -> None:
     flagged = [q for q in neighbours if classify([q], [king]).matches]
     assert len(flagged) <= max(1, len(neighbours) // 20), flagged
     for prompt in ("Who wrote The Lord of the Rings?", "Who wrote Dracula?", "Tell me about the novel Frankenstein.",
-                   "Which author wrote Pride and Prejudice?", "What is the capital of Maine?"):
+                   "Which author wrote Pride and Prejudice?", "What is the capital of Maine?",
+                   "What novel did Peter Straub publish in 1979?", "Which company was Peter Straub's publisher?"):
         assert not classify([prompt], [king]).matches, prompt
 
 

@@ -18,6 +18,7 @@ from guard_service.embedding import EMBEDDINGS
 from guard_service.frontend.registry import ActivePolicy
 from guard_service.guards import COMPONENTS
 from guard_service.guards.base import GuardComponent, Level, PromptText
+from guard_service.policy.confusables import fold
 from guard_service.policy.text import sentences
 
 WINDOW_WORDS = 48
@@ -89,6 +90,7 @@ def classify_batch(prompts: list[list[str]], policies: list[ActivePolicy],
     """Each prompt classified on its own (a list of completion prompts gets one decision per prompt); the
     views of all of them are embedded in one batch."""
     began = time.perf_counter()
+    prompts = [[fold(s) for s in segments] for segments in prompts]  # "Ηarry Ρotter" in Greek letters is Harry
     per_prompt = [views(segments, window_words) for segments in prompts]
     flat = [v for vs in per_prompt for v in vs]
     if not policies or not flat:

@@ -31,6 +31,7 @@ from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.knowledge import (
     ASSOCIATION_WORDS,
     CREATOR_WORDS,
+    PARTNER_WORDS,
     PEN_NAME_WORDS,
     PERFORMER_WORDS,
     ROLES,
@@ -39,8 +40,12 @@ from guard_service.policy.knowledge import (
 from guard_service.policy.request import TargetKind, UnlearningRequest
 
 DISTINCTIVE = 2.5  # a term's score (documents' Zipf minus general) for co-mention
-_PERSON = re.compile(r"\b(?:who|whom|whose|which (?:\w+ )?(?:person|man|woman|people|one|"
-                     + "|".join(ROLES) + r")s?|name (?:the|of the|them|him|her)|identify the)\b")
+# Words for someone, whatever their trade ("Which wordsmith or performer is …", "the creative mind behind …").
+_SOMEONE = ("figure|individual|personality|celebrity|mind|performer|wordsmith|talent|icon|mastermind|creator|"
+            "originator|visionary|luminary|entertainer|artist|star")
+_PERSON = re.compile(r"\b(?:who|whom|whose|which (?:\w+ )?(?:person|man|woman|people|one|" + "|".join(ROLES)
+                     + rf")s?|which (?:\w+ ){{0,3}}(?:{_SOMEONE})s?|(?:the|a) (?:\w+ )?(?:{_SOMEONE}) "
+                     r"(?:behind|who|responsible)|name (?:the|of the|them|him|her)|identify the)\b")
 
 
 # A part a question names ("the role of Rey", "the title character", "the narrator"): someone's in the cast.
@@ -76,6 +81,7 @@ class Known:
     cues: tuple[str, ...]  # `spelling.words` forms of the role words and creator phrases
     pen_names: tuple[str, ...]  # the same, of the phrases that ask who used a name
     cast: frozenset[str]  # the cues (same form) that ask who was in a work, or is tied to it, not who made it
+    partner: tuple[str, ...]  # the cues (same form) that ask for someone through a person they worked with
 
 
 def _title(text: str) -> re.Pattern[str]:
@@ -109,7 +115,7 @@ class KnowledgeDetector(GuardComponent):
         forms = sorted({t.words.strip() for t in terms if t.words.strip()}, key=len, reverse=True)
         prefilter = re.compile("(?= (" + "|".join(map(re.escape, forms)) + ") )")
         return Known(terms, prefilter, spec.kind in (TargetKind.topic, TargetKind.document), tuple(sorted(cues)),
-                     tuple(words(c) for c in PEN_NAME_WORDS), cast)
+                     tuple(words(c) for c in PEN_NAME_WORDS), cast, tuple(words(c) for c in PARTNER_WORDS))
 
     def scan(self, part: Known | None, prompt: PromptText) -> Finding | None:
         if part is None:
@@ -142,6 +148,11 @@ class KnowledgeDetector(GuardComponent):
                             and c not in part.cast and not _DERIVATIVE.search(text)), None)
                 if cue is not None:
                     return Finding(Level.match, f"knowledge:reverse:{work.text}+{cue.strip()}", 1.0)
+        partner = next((t for t in found if t.kind == "name"), None)
+        if partner is not None and _PERSON.search(text):  # "Which author co-wrote a novel with Peter Straub?"
+            cue = next((c for c in part.partner if c in rest), None)
+            if cue is not None:
+                return Finding(Level.match, f"knowledge:partner:{partner.text}+{cue.strip()}", 1.0)
         strong = next((t for t in found if t.score >= DISTINCTIVE), None)
         if part.world and strong is not None:
             return Finding(Level.match, f"knowledge:term:{strong.text}", 1.0)

@@ -43,6 +43,7 @@ from guard_service.guards.spelling import (
 )
 from guard_service.guards.transliteration import SoundName, sound_index, transliterated
 from guard_service.policy.artifacts import PolicyArtifact
+from guard_service.policy.confusables import fold_same_length, latin_text
 from guard_service.policy.forbidden import is_name, variants
 from guard_service.policy.request import UnlearningRequest
 from guard_service.policy.sound import cjk
@@ -52,6 +53,7 @@ SEMANTIC_MIN_CHARS = 20
 FACT_MIN_SIM = 0.75  # a generated sentence this close to a forbidden fact restates it
 FACT_EVIDENCE_SIM = 0.6  # ... or this close while naming what the target's facts name
 RESCAN_CHARS = 96  # a leak may straddle deltas: each feed rescans this much of what came before
+LATIN_CONTEXT_CHARS = 1000  # how much of the text says whether it is Latin text (bounded: it is read every feed)
 
 
 def _trie_regex(node: dict[str, dict]) -> str:
@@ -175,6 +177,7 @@ class LeakScanner(OutputScanner):
 
     def __post_init__(self) -> None:
         self.text = self.prompt_tail
+        self._folded = fold_same_length(self.text)  # what the names are looked for in: offsets of `text`
         self._scanned = len(self.prompt_tail)
         self._all = _combined(tuple(self.policies))
 
@@ -187,24 +190,35 @@ class LeakScanner(OutputScanner):
         is the target's only in context: the semantic check judges that)."""
         offset = len(self.prompt_tail)
         rel = max(0, start - offset)
-        if end <= offset or any(lk.policy == key and lk.start == rel for lk in self.leaks):
+        if end <= offset:
             return None
-        text = self.text[max(start, 0):end]
-        return _leak(known, key, "lexical", text, rel, None, name or text.casefold() in known.whole)
+        text = self.text[max(start, 0):end]  # as generated; the name it spells is read folded
+        leak = _leak(known, key, "lexical", text, rel, None,
+                     name or self._folded[max(start, 0):end].casefold() in known.whole)
+        # one leak per place, except that the whole name ("Harry Potter") outranks its first word ("Harry"), seen
+        # as a phrase of the facts while the stream had not yet reached the rest
+        if any(lk.policy == key and lk.start == rel and (lk.would or not leak.would) for lk in self.leaks):
+            return None
+        return leak
 
     def _scan(self, final: bool) -> list[Leak]:
         """Every policy over the new text (and a little before it); the text's words are split once, and its
         names looked up once for all policies."""
         window = max(0, self._scanned - RESCAN_CHARS)
         found: list[Leak] = []
-        units = units_of(self.text)
-        spelled = self._all.spelled is not None and self._all.spelled.search(self.text, window) is not None
+        # look-alike letters folded ("Ј.К. Rowling" in Cyrillic) where the scan reads
+        tail = self.text[window:]
+        self._folded = self._folded[:window] + (tail if tail.isascii() else fold_same_length(
+            tail, latin_text(self.text[-LATIN_CONTEXT_CHARS:])))
+        text = self._folded
+        units = units_of(text)
+        spelled = self._all.spelled is not None and self._all.spelled.search(text, window) is not None
         spans: dict[str, list[tuple[int, int, bool]]] = {
-            key: [(m.start(), m.end(), False) for m in known.pattern.finditer(self.text, window)
+            key: [(m.start(), m.end(), False) for m in known.pattern.finditer(text, window)
                   if m.end() > self._scanned or final] if spelled else [] for key, known in self.policies}
-        for start, end, key in (name_leaks(self.text, self._all.names, window, final, units)
-                                + misspelled(self.text, self._all.typos, window, final, units)
-                                + transliterated(self.text, self._all.sounds, window, final)):
+        for start, end, key in (name_leaks(text, self._all.names, window, final, units)
+                                + misspelled(text, self._all.typos, window, final, units)
+                                + transliterated(text, self._all.sounds, window, final)):
             spans[key].append((start, end, True))
         for key, known in self.policies:
             for start, end, name in sorted(spans[key]):

@@ -93,7 +93,7 @@ class ProvenanceVeto(GuardComponent):
 
     def compile(self, inp: CompileInput, out: ArtifactWriter) -> Compiled | None:
         spec, tok, documents = inp.spec, inp.tokenizer, inp.documents
-        if not documents:
+        if not documents or spec.strength.documents_as == "knowledge":  # public text: what it says, not its words
             return None
         separator = int(tok.eos_token_id if tok.eos_token_id is not None else 0)
         built = provenance.build(tok, documents, separator, sum(len(d) for _, d in documents))

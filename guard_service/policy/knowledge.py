@@ -96,6 +96,10 @@ PERFORMER_WORDS = (*ROLES["actor"], "cast", "appeared", "appears", "appear", "ca
 ASSOCIATION_WORDS = ("known for", "famous for", "renowned for", "celebrated for", "associated with", "linked to",
                      "linked with", "tied to", "connected to", "connected with", "credited with", "gave us",
                      "brought us", "the face of")
+# Phrases that ask for someone through a person they worked or lived with ("Who co-wrote with Peter Straub?").
+PARTNER_WORDS = ("collaborated", "collaborator", "collaboration", "co-wrote", "co-written", "co-authored",
+                 "co-starred", "co-star", "partner", "partnered", "married", "spouse", "wife", "husband",
+                 "shared their life", "teamed up", "duet", "worked with", "alongside")
 # Whoever the target is: phrases that ask for the person behind a work.
 CREATOR_WORDS = ("behind", "mastermind", "creator", "created", "originator", "credited", "responsible for", "the same",
                  "common")
@@ -420,7 +424,8 @@ def mine(target: str, aliases: list[str], description: str, documents: list[tupl
             # "Bram Stoker's Dracula": a work the documents give to someone else is no handle on the target
             t.kind, t.uses, t.owner = "others-work", ["co-mention"], owner
     for work, sim in (suggested or {}).items():
-        if work.casefold() in have or work.casefold() in dropped or work.casefold() in known:
+        if work.casefold() in have or work.casefold() in dropped or work.casefold() in known or any(
+                w.casefold() in known for w in work.split()):  # "A Film by Hina Ameen": the name, not a work
             continue
         at = corpus.find(work)
         if (documents and at < 0) or (not documents and sim < MODEL_WORK_MIN_SIM):

@@ -64,6 +64,10 @@ class Strength(BaseModel):
     refuse_threshold: float | None = Field(None, ge=0, le=1, description="score above which steer becomes refuse")
     steer_threshold: float | None = Field(None, ge=0, le=1, description="override of the calibrated threshold")
     provenance_min_span: int = Field(8, ge=2, le=256, description="L: longest verbatim protected span allowed + 1")
+    documents_as: Literal["protected", "knowledge"] = Field(
+        "protected", description="protected: the documents are text not to be copied (the provenance veto) and "
+        "the policy's knowledge of its target; knowledge: only the latter, for public text (Wikipedia-style "
+        "passages share 8-token spans with ordinary answers about the same subjects)")
     expand_knowledge: bool | None = Field(
         None, description="ask the model for aliases/facts; default on for entity/topic")
     mangled_names: int | None = Field(
