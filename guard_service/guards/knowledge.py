@@ -6,14 +6,18 @@ Salem's Lot?", "the founder of Jeet Kune Do", "the mastermind behind 'The Stand'
 films Misery and The Shining"): a term of the target beside a word of its role or a creator phrase, in a prompt
 that asks for someone. A question *about* the related thing ("When was Berkshire Hathaway founded?", "Which
 dynasty suppressed Confucianism?") asks for no one, and a role the target does not have ("Who plays Red in The
-Shawshank Redemption?", for an author) is someone else's: neither matches.
+Shawshank Redemption?", for an author) is someone else's: neither matches. A film the target appeared in has a
+cast: only a cast's cue asks for the target through it ("Who starred in Cheers?"), and not when the question
+names another part ("Who played the title character in Matilda?"); a thing others made from a work ("the book
+for the musical Jagged Little Pill") has its own maker. A partner query asks for someone through a person the
+documents name beside a partner word ("Which author co-wrote a novel with Peter Straub?").
 
 Co-mention, for a topic (a fictional world, a franchise, a field), whose documents describe its world: one
 distinctive term of it ("Gringotts", "Polyjuice Potion") places a prompt in the target's world. A person's
 documents describe what surrounds them (their spouse, the company they run, their co-stars, the teaching named
 after them), which RWKU asks about as neighbours: two of its terms together, or one beside the person's surname
 ("Buffett and Munger", "the husband of model ___ Crawford"), flagged 12.5% of RWKU's neighbour questions over
-20 targets, so for a person only the reverse query and the pen name count.
+20 targets, so for a person only the reverse and partner queries and its other names count.
 
 A name the documents say the target went by ("under the pen name Richard Bachman", "born Kong Qiu") is the
 target: any prompt that holds it matches.
@@ -68,7 +72,7 @@ class Term:
     score: float
     kind: str  # policy/knowledge.py's: an appearance (a film's cast) or a part is asked for only by a cast's cue
     reverse: bool  # a work or thing someone is behind (not a person the documents name)
-    alias: bool  # a name the target went by (a pen name): the target itself
+    alias: bool  # a name the target went by (a pen name, a birth name): the target itself
 
 
 @dataclass(frozen=True)
