@@ -165,6 +165,16 @@ def test_other_names_parts_and_a_films_cast(context: CompileContext) -> None:
     assert not _by_knowledge("Who wrote the book for the musical 'Jagged Little Pill'?", morissette)
 
 
+def test_a_word_capitalised_everywhere_is_a_title_only_where_plainly_one(context: CompileContext) -> None:
+    """"Spanish" sits a few words after "album" in Christina Aguilera's corpus ("the album featured
+    Spanish-language versions") but is never quoted, dated or named a title: no handle on her, while "Stripped",
+    her album, is."""
+    aguilera, terms = _rwku_policy(context, "Christina Aguilera")
+    assert "Spanish" not in terms or "reverse-query" not in terms["Spanish"].uses
+    assert not _by_knowledge("The novel 'The Shadow of the Wind' was written by which Spanish author?", aguilera)
+    assert _by_knowledge("Which singer released the album Stripped?", aguilera)
+
+
 def test_mangling_is_heavy_and_seeded() -> None:
     """The generator the mangled-name bench calibrates on: 30-60% of a name's letters changed, places and dates
     too, the same draw for the same seed."""

@@ -148,12 +148,19 @@ def general_zipf(phrase: str, language: str = "en") -> float:
     return wordfreq.zipf_frequency(phrase, language)
 
 
-def _title_context(sentence: str, at: int, phrase: str) -> bool:
+def _title_context(sentence: str, at: int, phrase: str) -> int:
+    """How plainly the sentence makes `phrase` a title: 2 quoted, dated ("Misery (1987)"), right after a work
+    noun ("the novel Misery") or after a capitalised article inside the sentence ("a sequel to The Shining"); 1 a
+    work noun a few words before ("novels such as Carrie and Misery", but also "the album featured
+    Spanish-language versions"); 0 not at all."""
     before = [w.strip(",;:'\"“”()").casefold() for w in sentence[max(0, at - 96):at].split()[-8:]]
     after = sentence[at + len(phrase):at + len(phrase) + 8]
     quoted = sentence[max(0, at - 1):at] in ("\"", "“", "'", "‘")
-    return quoted or bool(re.match(r"\s*\((?:\d{4}|film|novel|book)", after)) or any(
-        w in _WORK_NOUNS for w in before)
+    article = at > 4 and re.search(r"\S\s+(?:The|A|An)\s$", sentence[max(0, at - 8):at]) is not None
+    if quoted or article or re.match(r"\s*\((?:\d{4}|film|novel|book)", after) or (
+            before[-1:] and before[-1] in _WORK_NOUNS):
+        return 2
+    return int(any(w in _WORK_NOUNS for w in before))
 
 
 _APPEARED = re.compile(r"\b(?:appear(?:s|ed|ing|ance|ances)?|starr(?:ed|ing)|co-?star(?:s|red)?|cameos?|cast|"
@@ -317,6 +324,7 @@ def mine(target: str, aliases: list[str], description: str, documents: list[tupl
     counts: Counter[str] = Counter()
     works: Counter[str] = Counter()
     appeared: Counter[str] = Counter()
+    plain_titles: Counter[str] = Counter()  # works seen quoted, dated or right after a work noun
     parts: Counter[str] = Counter()
     places: Counter[str] = Counter()
     people: Counter[str] = Counter()
@@ -371,8 +379,9 @@ def mine(target: str, aliases: list[str], description: str, documents: list[tupl
                 parts[phrase] += 1
             elif _person_context(sentence, at_phrase):
                 people[phrase] += 1
-            elif _title_context(sentence, at_phrase, phrase):
+            elif title := _title_context(sentence, at_phrase, phrase):
                 works[phrase] += 1
+                plain_titles[phrase] += title == 2
                 appeared[phrase] += _appearance_context(sentence, at_phrase)
             elif _place_context(sentence, at_phrase):
                 places[phrase] += 1
@@ -411,8 +420,9 @@ def mine(target: str, aliases: list[str], description: str, documents: list[tupl
                 terms.append(Mined(phrase, kind if work else "term", first[phrase], round(score, 3), count,
                                    ["reverse-query", "co-mention"]))
         elif work and works[phrase] >= 2 and common_word(phrase) and (
-                " " in phrase or general_zipf(phrase.casefold()) < FUNCTION_ZIPF):
-            # a title in common words ("Misery", "The Stand"), seen as a title twice: counts only as a title
+                " " in phrase or general_zipf(phrase.casefold()) < FUNCTION_ZIPF and plain_titles[phrase]):
+            # a title in common words ("Misery", "The Stand"), seen as a title twice (a one-word one plainly once:
+            # "Spanish", capitalised everywhere, is near "album" but never a title): counts only as a title
             terms.append(Mined(phrase, kind, first[phrase], round(score, 3), count, ["reverse-query"]))
     terms.sort(key=lambda t: t.score * math.log2(1 + t.count), reverse=True)
     terms = terms[:MAX_TERMS] + _coined(lower, lower_first, total, documents, known | dropped | {
