@@ -216,7 +216,8 @@ def _other_name_context(sentence: str, at: int, phrase: str) -> str | None:
     return "birth-name" if _BORN_BEFORE.search(before) else None
 
 
-_PART_BEFORE = re.compile(r"(?:\bplay(?:s|ed|ing)|\bportray(?:s|ed|ing)|\bvoic(?:es|ed|ing)|\bas|"
+_PART_BEFORE = re.compile(r"(?:\bplay(?:s|ed|ing)|\bportray(?:s|ed|ing)|\bvoic(?:es|ed|ing)|"
+                          r"(?<!such )(?<!well )(?<!same )(?<!known )\bas|"
                           r"\b(?:role|part|character) of|\bcharacter)\W{0,3}$", re.IGNORECASE)
 
 
@@ -324,7 +325,7 @@ def mine(target: str, aliases: list[str], description: str, documents: list[tupl
     counts: Counter[str] = Counter()
     works: Counter[str] = Counter()
     appeared: Counter[str] = Counter()
-    plain_titles: Counter[str] = Counter()  # works seen quoted, dated or right after a work noun
+    plain_titles: Counter[str] = Counter()  # works seen quoted, dated, after a work noun or a capitalised article
     parts: Counter[str] = Counter()
     places: Counter[str] = Counter()
     people: Counter[str] = Counter()
