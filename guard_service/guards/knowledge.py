@@ -82,10 +82,14 @@ class Known:
     # only those are checked exactly. Most prompts hold none, so a policy costs one regex scan, not one per term.
     prefilter: re.Pattern[str]
     world: bool  # a topic's documents describe its world: a term of it alone is the target (not so a person's)
-    cues: tuple[str, ...]  # `spelling.words` forms of the role words and creator phrases
-    pen_names: tuple[str, ...]  # the same, of the phrases that ask who used a name
-    cast: frozenset[str]  # the cues (same form) that ask who was in a work, or is tied to it, not who made it
-    partner: tuple[str, ...]  # the cues (same form) that ask for someone through a person they worked with
+    cues: tuple[str, ...]  # `spelling.words` forms of the role words, creator and association phrases
+
+
+# The same form of the phrases every policy shares: who used a name, who was in a work or is tied to it (not who
+# made it), who worked with someone.
+_PEN_NAMES = tuple(words(c) for c in PEN_NAME_WORDS)
+_CAST = frozenset(words(c) for c in (*PERFORMER_WORDS, *ASSOCIATION_WORDS))
+_PARTNERS = tuple(words(c) for c in PARTNER_WORDS)
 
 
 def _title(text: str) -> re.Pattern[str]:
@@ -113,13 +117,12 @@ class KnowledgeDetector(GuardComponent):
                       for t in known.terms() if {"reverse-query", "co-mention", "alias"} & set(t.uses))
         if not terms:
             return None
-        cast = frozenset(words(c) for c in (*PERFORMER_WORDS, *ASSOCIATION_WORDS))
-        cues = {words(c) for role in known.roles for c in ROLES.get(role, ())} | {words(c) for c in CREATOR_WORDS}
-        cues |= {c for c in cast if c.strip() not in PERFORMER_WORDS}  # a performer's words only for performers
+        # a performer's words only for a performer's role; association phrases for every target
+        cues = {words(c) for role in known.roles for c in ROLES.get(role, ())} | {
+            words(c) for c in (*CREATOR_WORDS, *ASSOCIATION_WORDS)}
         forms = sorted({t.words.strip() for t in terms if t.words.strip()}, key=len, reverse=True)
         prefilter = re.compile("(?= (" + "|".join(map(re.escape, forms)) + ") )")
-        return Known(terms, prefilter, spec.kind in (TargetKind.topic, TargetKind.document), tuple(sorted(cues)),
-                     tuple(words(c) for c in PEN_NAME_WORDS), cast, tuple(words(c) for c in PARTNER_WORDS))
+        return Known(terms, prefilter, spec.kind in (TargetKind.topic, TargetKind.document), tuple(sorted(cues)))
 
     def scan(self, part: Known | None, prompt: PromptText) -> Finding | None:
         if part is None:
@@ -134,27 +137,30 @@ class KnowledgeDetector(GuardComponent):
         alias = next((t for t in found if t.alias), None)
         if alias is not None:  # "Who is Richard Bachman?", "Who taught Kong Qiu?": a name the target went by
             return Finding(Level.match, f"knowledge:other-name:{alias.text}", 1.0)
-        pen = next((c for c in part.pen_names if c in text), None)
+        pen = next((c for c in _PEN_NAMES if c in text), None)
         if pen is not None:  # "the mastermind behind X published under which pen name?", "... under the name Y"
             return Finding(Level.match, f"knowledge:reverse:{found[0].text}+{pen.strip()}", 1.0)
         works = [t for t in found if t.reverse]
         rest = text
         for t in found:  # a cue inside a title is no cue ("star" in "Star Wars")
             rest = rest.replace(t.words, " ")
+        asks = _PERSON.search(text) is not None
         cues = [c for c in part.cues if c in rest]
-        if works and cues and _PERSON.search(text):
+        if works and cues and asks:
             # a film has a cast: "who played X in it" asks for the target only where X is the target's part
             other = _OTHER_PART.search(text)
             ours = other is None or any(text.startswith(t.words, other.end() - 1) for t in found
                                         if t.kind in ("character", "name"))
+            cast = {c for c in cues if c in _CAST} if ours else set()  # who was in it, or is tied to it
+            made = {c for c in cues if c not in _CAST} if not _DERIVATIVE.search(text) else set()  # who made it
             for work in works:
-                cue = next((c for c in cues if c in part.cast and ours or work.kind not in ("appearance", "character")
-                            and c not in part.cast and not _DERIVATIVE.search(text)), None)
+                allowed = cast if work.kind in ("appearance", "character") else cast | made
+                cue = next((c for c in cues if c in allowed), None)
                 if cue is not None:
                     return Finding(Level.match, f"knowledge:reverse:{work.text}+{cue.strip()}", 1.0)
         partner = next((t for t in found if t.kind == "name"), None)
-        if partner is not None and _PERSON.search(text):  # "Which author co-wrote a novel with Peter Straub?"
-            cue = next((c for c in part.partner if c in rest), None)
+        if partner is not None and asks:  # "Which author co-wrote a novel with Peter Straub?"
+            cue = next((c for c in _PARTNERS if c in rest), None)
             if cue is not None:
                 return Finding(Level.match, f"knowledge:partner:{partner.text}+{cue.strip()}", 1.0)
         strong = next((t for t in found if t.score >= DISTINCTIVE), None)

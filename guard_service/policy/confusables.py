@@ -34,19 +34,20 @@ def prototypes() -> dict[str, str]:
     return out
 
 
-def _fold_word(word: str, latin_text: bool, same_length: bool) -> str:
+def _fold_word(word: str, latin: bool, same_length: bool) -> str:
     table = prototypes()
     if not any(c in table for c in word):
         return word
     ascii_letters = sum(c.isascii() and c.isalpha() for c in word)
-    if not ascii_letters and not (latin_text and all(c in table or c.isascii() for c in word)):
+    if not ascii_letters and not (latin and all(c in table or c.isascii() for c in word)):
         return word  # a word of another script, in text of that script
     if same_length:
         return "".join(table[c] if c in table and len(table[c]) == 1 else c for c in word)
     return "".join(table.get(c, c) for c in word)
 
 
-def _latin(text: str) -> bool:
+def latin_text(text: str) -> bool:
+    """Whether most of `text`'s letters are ASCII (a word wholly of look-alikes in it imitates Latin)."""
     letters = [c for c in text if c.isalpha()]
     return sum(c.isascii() for c in letters) * 2 >= len(letters)
 
@@ -57,7 +58,7 @@ def fold(text: str) -> str:
     if text.isascii():
         return text
     text = _DECORATION.sub("", unicodedata.normalize("NFKC", text))
-    latin = _latin(text)
+    latin = latin_text(text)
     return _WORD.sub(lambda m: _fold_word(m.group(), latin, False), text)
 
 
@@ -68,10 +69,5 @@ def fold_same_length(text: str, latin: bool | None = None) -> str:
     if text.isascii():
         return text
     text = "".join(n if len(n := unicodedata.normalize("NFKC", c)) == 1 and n.isascii() else c for c in text)
-    latin = _latin(text) if latin is None else latin
+    latin = latin_text(text) if latin is None else latin
     return _WORD.sub(lambda m: _fold_word(m.group(), latin, True), text)
-
-
-def latin_text(text: str) -> bool:
-    """Whether most of `text`'s letters are ASCII (a word wholly of look-alikes in it imitates Latin)."""
-    return _latin(text)
