@@ -29,11 +29,9 @@ from guard_service.config import Settings
 from guard_service.evaluation.datasets import DEFAULT_DATA, bundled
 from guard_service.frontend.classifier import classify
 from guard_service.frontend.registry import load_policy
-from guard_service.guards.described import _says_something
-from guard_service.policy.forbidden import unnamed
+from guard_service.guards.described import unnamed_sentences
 from guard_service.policy.reference import reference
 from guard_service.policy.request import UnlearningRequest
-from guard_service.policy.text import sentences
 
 REFERENCE_FLAGGED = 0.02
 
@@ -46,15 +44,14 @@ def main() -> None:
 
     data = bundled("described_multilingual.json")
     spec = UnlearningRequest.model_validate({**bundled("harry_potter.json")["policy"], "action": "refuse"})
-    names = [spec.target, *spec.aliases]
-    facts = [m for t in [*spec.facts, spec.description] for s in sentences(t)
-             if (m := unnamed(s, names, "this")) != s and _says_something(m)]
     model = Settings().resolved_model_path()
     ctx = CompileContext(policies_dir=Path(tempfile.mkdtemp(prefix="described-")), indexes_dir=Path("indexes"),
                          model_dir=model, served_model_name="bench", tokenizer=AutoTokenizer.from_pretrained(model))
     warm_caches(ctx)
     asyncio.run(compile_version(ctx, "pol_hp", 1, spec, [], False))
     policy = load_policy("pol_hp", 1, ctx.policies_dir / "pol_hp" / "v1", spec.model_dump(mode="json"))
+    clf = policy.artifact.classifier  # what the described detector reads, unnamed as it unnames it
+    facts = unnamed_sentences([*clf.facts, spec.description], list(clf.aliases), "this")
     today = {lang: sum(bool(classify([q], [policy]).matches) for q in qs) / len(qs)
              for lang, qs in data["questions"].items()}
     today_neighbours = {lang: sum(bool(classify([q], [policy]).matches) for q in qs)

@@ -19,6 +19,7 @@ with the classifier's embedder.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ import numpy as np
 from bench.common import print_table, write_json
 from guard_service.evaluation import perturb
 from guard_service.evaluation.datasets import DEFAULT_DATA as DATA
-from guard_service.evaluation.datasets import read_jsonl
+from guard_service.evaluation.datasets import familiarity_prompts, read_jsonl
 from guard_service.policy.knowledge import roles_of
 from guard_service.policy.reference import reference
 from guard_service.policy.text import sentences
@@ -84,10 +85,6 @@ def score(name: str, query: Embed, passage: Embed, positives: dict, negatives: d
 
 
 def harry_potter(embed: Embed) -> dict:
-    import json
-
-    from guard_service.evaluation.datasets import familiarity_prompts
-
     hp = DATA / "harry_potter"
     wiki = [a for f in ("retain1.json", "retain2.json") for a in json.loads((DATA / "muse/books/raw" / f).read_text())]
     units = [s for a in wiki for s in sentences(a) if len(s.split()) <= 60]

@@ -51,6 +51,12 @@ def _says_something(masked: str) -> bool:
     return len(content) >= MIN_CONTENT_WORDS
 
 
+def unnamed_sentences(texts: list[str], names: list[str], instead: str) -> list[str]:
+    """The sentences of `texts` with `names` replaced by `instead`: only those that named the target, and say
+    something about it once the name is gone."""
+    return [m for t in texts for s in sentences(t) if (m := unnamed(s, names, instead)) != s and _says_something(m)]
+
+
 class DescribedDetector(GuardComponent):
     name = "described"
 
@@ -59,9 +65,7 @@ class DescribedDetector(GuardComponent):
         instead = "this person" if spec.kind is TargetKind.entity else "this"
 
         def masked(texts: list[str]) -> np.ndarray:
-            # Only sentences that named the target say something about it once the name is gone.
-            found = [m for t in texts for s in sentences(t)
-                     if (m := unnamed(s, list(clf.aliases), instead)) != s and _says_something(m)]
+            found = unnamed_sentences(texts, list(clf.aliases), instead)
             return EMBEDDINGS.get(found) if found else np.zeros((0, 1), dtype=np.float32)
 
         # A document's sentence about the target also describes what surrounds it (a co-star, a show it hosted):
