@@ -87,8 +87,10 @@ def test_expiry_stops_enforcement_on_time_while_a_compile_runs(server: Server, a
     assert before[0] < -0.8 and before[1] == "refuse"
     assert 0 <= after[0] < 0.1 and after[1] == "pass"
     assert "compiling" in compiling[1]
-    assert admin.get(f"/unlearning-requests/{request_id}").json()["enforcement"]["state"] == "not_enforced"
+    stopped = {"state": "not_enforced", "version": version["version"], "error": None, "since": expires.timestamp()}
+    assert admin.get(f"/unlearning-requests/{request_id}").json()["enforcement"] == stopped
     wait_status(admin, request_id, "expired", timeout=60)
+    assert admin.get(f"/unlearning-requests/{request_id}").json()["enforcement"] == stopped  # still that instant
     admin.delete(f"/unlearning-requests/{busy_id}")
 
 

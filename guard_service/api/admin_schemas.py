@@ -50,7 +50,9 @@ class Enforcement(BaseModel):
     state: Literal["enforced", "failed_closed", "not_enforced"]
     version: int | None = None
     error: str | None = None
-    since: float | None = None  # when this process began enforcing `version` (Unix time)
+    # Unix time this process began enforcing `version`; not_enforced: when it stopped (revoked, expired), if it
+    # enforced it at all
+    since: float | None = None
 
 
 class RequestDetail(RequestInfo):

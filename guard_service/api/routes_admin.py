@@ -102,6 +102,9 @@ def _enforcement(request: Request, request_id: str) -> Enforcement:
     failed = next((f for f in registry.failed_closed() if f.id == request_id), None)
     if failed is not None:
         return Enforcement(state="failed_closed", version=failed.version, error=failed.error)
+    stopped = registry.stopped_at(request_id)
+    if stopped is not None:
+        return Enforcement(state="not_enforced", version=stopped[0], since=stopped[1])
     return Enforcement(state="not_enforced")
 
 

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from guard_service.protocol import PolicyKey
 from guard_service.store.base import PolicyStore, VersionRow
 
 log = logging.getLogger(__name__)
+STOPPED_KEPT = 10_000  # policies whose stop time a process remembers
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: parts hold indexes and arrays
@@ -132,6 +134,9 @@ class PolicyRegistry:
         self.generation = -1
         self.policies: dict[str, ActivePolicy] = {}  # by policy id
         self.failed: dict[str, FailedPolicy] = {}
+        # policy id -> (version, Unix time) this process stopped enforcing it (revoked, expired, superseded by
+        # nothing): what an operator checks a revocation against on each replica. The newest STOPPED_KEPT only.
+        self.stopped: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._lock = threading.Lock()  # one refresh at a time (the poll loop, a revoke, a compile)
 
     def refresh(self) -> bool:
@@ -153,12 +158,36 @@ class PolicyRegistry:
                 except Exception as exc:
                     failed[req.id] = self._failed(req.id, ver.version, ver.spec, exc)
             self._publish_info(fresh)
+            self._note_stopped(fresh)
             self.policies, self.failed = fresh, failed
             self.generation = generation
             log.debug("policies reloaded (generation %d) in %.3fs", generation, time.perf_counter() - began)
             metrics.ACTIVE_POLICIES.set(len(fresh))
             metrics.POLICIES_FAILED.set(len(failed))
             return True
+
+    def _note_stopped(self, fresh: dict[str, ActivePolicy]) -> None:
+        now = time.time()
+        for gone in self.policies.keys() - fresh.keys():
+            policy = self.policies[gone]
+            expires = policy.spec.expires_at
+            self.stopped[gone] = (policy.version, min(now, expires.timestamp()) if expires is not None else now)
+            self.stopped.move_to_end(gone)
+        for back in fresh.keys() & self.stopped.keys():
+            del self.stopped[back]
+        while len(self.stopped) > STOPPED_KEPT:
+            self.stopped.popitem(last=False)
+
+    def stopped_at(self, policy_id: str) -> tuple[int, float] | None:
+        """(version, Unix time) this process stopped enforcing `policy_id`: revoked, or past its `expires_at` (the
+        instant it stopped, even before the store marks it expired); None if it is enforced or never was here."""
+        policy = self.policies.get(policy_id)
+        if policy is not None:
+            expires = policy.spec.expires_at
+            if expires is not None and expires <= datetime.now(UTC):
+                return policy.version, expires.timestamp()
+            return None
+        return self.stopped.get(policy_id)
 
     def _local(self, ver: VersionRow) -> Path:
         """The version's folder here, fetched from the store (verified by sha256) if another replica compiled
