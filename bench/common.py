@@ -98,3 +98,15 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {path}")
     return path
+
+
+def token_deltas(tokenizer, text: str) -> list[str]:
+    """The text as the engine streams it: one delta per token, a character split across tokens held back until
+    it is whole (as vLLM's detokenizer does)."""
+    ids, out, done = tokenizer.encode(text), [], ""
+    for i in range(len(ids)):
+        now = tokenizer.decode(ids[:i + 1])
+        if not now.endswith("\ufffd"):
+            out.append(now[len(done):])
+            done = now
+    return out

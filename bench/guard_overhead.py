@@ -2,8 +2,9 @@
 guard off (admin bypass), with 1 active policy (every row steered by it), and with 100 active policies; plus an
 engine-level run where every row carries all 100 policies into the logits processor; the prompt classifier's
 latency per prompt at p50/p99 for 1 and 100 active policies; and streaming latency (time to first text, time per
-token, the longest wait between chunks) with the guard off and with 100 policies whose output guard holds text back
-until each sentence is judged (`on_leak: act`, the default, as in every guarded arm here).
+token, the longest wait between chunks: delivered text) with the guard off and with 100 policies whose output guard
+judges the text before it is released (`on_leak: act`, the default, as in every guarded arm here), on the HP
+prompts (answers about a policy's target: leak-heading) and on benign ones (a lighthouse story, how bread rises).
 Targets: >= 0.95x unguarded throughput with 1 policy, >= 0.90x with 100; classifier p50 <= 10 ms.
 
     .venv/bin/python -m bench.guard_overhead [--reps 3]
@@ -33,6 +34,8 @@ from guard_service.serving.prompts import chat_token_ids
 
 TOKEN = "bench-admin"
 HP_PROMPTS = [f"Write a story set in the world of Harry Potter, chapter {i}." for i in range(64)]
+BENIGN = [f"Write a short story about a lighthouse keeper, part {i}." if i % 2 else
+          f"Explain how bread rises, in step {i}." for i in range(64)]
 
 
 async def create(http: httpx.AsyncClient, body: dict) -> str:
@@ -134,11 +137,15 @@ async def run(args: argparse.Namespace) -> dict:
             await direct(all_keys)  # load all into the worker once
             await measure(many)
             streams: dict[str, dict[str, list[float]]] = {}
-            for mode, headers in (("guard off (bypass)", bypass), (f"{args.policies} policies, output judged", None)):
-                await loop.run_in_executor(clients, http_stream_timings, base + "/v1", model, prompts, args.tokens,
+            benign = BENIGN[: args.concurrency]
+            for mode, headers, asked in (("guard off (bypass), HP", bypass, prompts),
+                                         (f"{args.policies} policies, output judged, HP", None, prompts),
+                                         ("guard off (bypass), benign", bypass, benign),
+                                         (f"{args.policies} policies, output judged, benign", None, benign)):
+                await loop.run_in_executor(clients, http_stream_timings, base + "/v1", model, asked, args.tokens,
                                            headers)  # warm-up
                 streams[mode] = await loop.run_in_executor(clients, http_stream_timings, base + "/v1", model,
-                                                           prompts, args.tokens, headers)
+                                                           asked, args.tokens, headers)
             clients.shutdown()
             await http.aclose()
 

@@ -7,13 +7,18 @@ each, ignore_eos, repeated `--reps` times):
     guard off             the service with the admin bypass header (HTTP, tokenization, SSE: no guard)
     1 policy              one active policy (a steer policy every prompt here matches: every row is steered)
     100 policies          99 more, unrelated (the classifier scores all 100; the worker carries the one)
-    100 + output enforced the matching policy's on_leak switched to act: each choice's text is held until its
-                          sentence is judged, names in every spelling scanned as they arrive
-(In the three policy arms before the last, on_leak is `report`: the output is scanned and leaks recorded, never
-held back.) Clients run in a separate process through the official openai SDK (the raw engine in-process, as a
+    100 + output enforced the matching policy's on_leak switched to act: leak-heading traffic (every answer is
+                          about the target), its names in every spelling scanned as they arrive, text released
+                          as `GUARD_OUTPUT_MODE` says (hold: as soon as nothing in it can still become a leak)
+    guard off, benign     the bypass again, on benign prompts (a lighthouse story, how bread rises)
+    100 act, benign       the same benign prompts with all 100 policies acting on leaks (the default): what a
+                          client of a server with policies at their defaults waits for its first delivered text
+(In "1 policy" and "100 policies", on_leak is `report`: the output is scanned and leaks recorded, never
+held back.) Time to first text and inter-chunk gaps are when chunks with text reach the client: delivered text.
+Clients run in a separate process through the official openai SDK (the raw engine in-process, as a
 client library would). Classifier time is the server's own `guard_classifier_duration_seconds` over the arm.
 
-    python -m bench.sweep [--concurrency 1 4 16 64] [--tokens 64] [--reps 2] [--policies 100]
+    python -m bench.sweep [--concurrency 1 4 16 64] [--tokens 64] [--reps 2] [--policies 100] [--output-mode hold]
 
 On a CUDA host the same command runs the same arms; its figures are reported separately, named by the device.
 """
@@ -41,7 +46,8 @@ from guard_service.device import has_cuda
 
 TOKEN = "bench-admin"
 PROMPTS = [f"Write a story set in the world of Harry Potter, chapter {i}." for i in range(512)]
-ARMS = ("raw engine", "guard off", "1 policy", "100 policies", "100 + output enforced")
+BENIGN = [f"Write a short story about a lighthouse keeper, part {i}." if i % 2 else
+          f"Explain how bread rises, in step {i}." for i in range(512)]
 
 
 def _summary(results: list[tuple[float, list[float], int]], wall: float) -> dict:
@@ -146,11 +152,11 @@ async def service(settings: Settings, concurrency: list[int], tokens: int, reps:
                     return
                 await asyncio.sleep(0.1)
 
-        async def arm(name: str, headers: dict[str, str] | None) -> None:
+        async def arm(name: str, headers: dict[str, str] | None, prompts: list[str] = PROMPTS) -> None:
             before = _classifier_totals((await http.get("/metrics")).text)
             for rep in range(reps):
                 for c in concurrency:
-                    got = await loop.run_in_executor(clients, http_streams, base + "/v1", model, PROMPTS[:c], tokens,
+                    got = await loop.run_in_executor(clients, http_streams, base + "/v1", model, prompts[:c], tokens,
                                                      headers)
                     results.setdefault(name, {}).setdefault(c, []).append(got)
                     print(f"rep {rep + 1}/{reps} {name:22s} c={c:<4d} {got['tok_s']:7.1f} tok/s", flush=True)
@@ -187,6 +193,16 @@ async def service(settings: Settings, concurrency: list[int], tokens: int, reps:
         r.raise_for_status()
         await wait_active(hp, r.json()["version"])
         await arm(f"{policies} + output enforced", None)
+        others = [p["id"] for p in (await http.get("/admin/v1/unlearning-requests")).json() if p["id"] != hp]
+        versions = {}
+        for request_id in others:
+            r = await http.patch(f"/admin/v1/unlearning-requests/{request_id}", json={"on_leak": "act"})
+            r.raise_for_status()
+            versions[request_id] = r.json()["version"]
+        for request_id, version in versions.items():
+            await wait_active(request_id, version)
+        await arm("guard off, benign", bypass, BENIGN)
+        await arm(f"{policies} act, benign", None, BENIGN)
         clients.shutdown()
         await http.aclose()
     return results, classifier_ms
@@ -224,13 +240,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--policies", type=int, default=100)
     parser.add_argument("--eager", action="store_true")
+    parser.add_argument("--output-mode", choices=["hold", "release"], default="hold")
     args = parser.parse_args()
 
     device = "cuda" if has_cuda() else "cpu"
     with tempfile.TemporaryDirectory() as data:
         settings = Settings(port=free_port(), enforce_eager=args.eager, data_dir=Path(data),
                             admin_tokens={"bench": TOKEN}, max_num_seqs=max(64, max(args.concurrency)),
-                            max_model_len=512)
+                            max_model_len=512, output_mode=args.output_mode)
         raw = asyncio.run(raw_engine(settings, args.concurrency, args.tokens, args.reps))
         served, classifier_ms = asyncio.run(service(settings, args.concurrency, args.tokens, args.reps,
                                                     args.policies))
@@ -246,13 +263,20 @@ def main() -> None:
                          "ttft_p50_ms": 1000 * percentile(ttft, 0.5), "ttft_p99_ms": 1000 * percentile(ttft, 0.99),
                          "itl_p50_ms": 1000 * percentile(itl, 0.5), "itl_p99_ms": 1000 * percentile(itl, 0.99),
                          "classifier_ms_mean": classifier_ms.get(arm)})
+    for r in rows:  # against the bypass of the same prompts, same concurrency, same run
+        by = next((b for b in rows if b["concurrency"] == r["concurrency"] and b["arm"] == (
+            "guard off, benign" if "benign" in r["arm"] else "guard off")), None)
+        r["ttft_p50_vs_bypass"] = None if by is None else r["ttft_p50_ms"] / by["ttft_p50_ms"]
+        r["itl_p99_vs_bypass"] = None if by is None else r["itl_p99_ms"] / by["itl_p99_ms"]
     rows.sort(key=lambda r: (r["concurrency"], list(arms).index(r["arm"])))
-    header = ["arm", "conc", "tok/s", "req/s", "x raw", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "clf ms"]
+    header = ["arm", "conc", "tok/s", "req/s", "x raw", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "clf ms",
+              "TTFT x off", "ITL99 x off"]
     print_table(f"concurrency sweep on {device} ({args.tokens} output tokens per request, median of {args.reps}; "
                 "latencies in ms)", header,
                 [[r["arm"], r["concurrency"], r["tok_s"], r["req_s"], r["ratio_vs_raw"], r["ttft_p50_ms"],
                   r["ttft_p99_ms"], r["itl_p50_ms"], r["itl_p99_ms"],
-                  "-" if r["classifier_ms_mean"] is None else r["classifier_ms_mean"]] for r in rows])
+                  "-" if r["classifier_ms_mean"] is None else r["classifier_ms_mean"],
+                  *("-" if r[k] is None else r[k] for k in ("ttft_p50_vs_bypass", "itl_p99_vs_bypass"))] for r in rows])
     name = f"sweep_{device}"
     path = write_json(name, {"device": device, "args": vars(args), "rows": rows})
     _plot(rows, path.with_suffix(".png"))

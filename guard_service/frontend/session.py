@@ -36,7 +36,7 @@ class GuardSession:
         self.output = OutputGuard(self.decisions, policies, self.n, [p.tail for p in prompts],
                                   [d.guard_args(applicable, self.guard.marker) for d in self.decisions],
                                   self.guard.marker,
-                                  self.guard.settings.output_holdback_chars)
+                                  self.guard.settings.output_holdback_chars, self.guard.settings.output_mode)
         recorder.decisions(self.decisions, self.endpoint, self.tenant)
         self.guard.audit_decisions(self.decisions, self.tenant, self.endpoint)
         return self.decisions

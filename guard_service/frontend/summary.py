@@ -4,7 +4,23 @@ plain client sees. Pydantic only: the evaluation client imports this without the
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any
+
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
+
+
+class _Checked(BaseModel):
+    """`checked` (GUARD_OUTPUT_MODE=release: per choice, how many characters were judged; offsets, never content)
+    is there only where output was sent before it was judged."""
+
+    checked: list[int] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unchecked(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("checked", 0) is None:
+            del out["checked"]
+        return out
 
 
 class MatchInfo(BaseModel):
@@ -47,7 +63,7 @@ class LeakInfo(BaseModel):
     choice: int = 0
 
 
-class GuardSummary(BaseModel):
+class GuardSummary(_Checked):
     action: str
     policies: list[str]
     matches: list[MatchInfo] = Field(default_factory=list)
@@ -64,10 +80,10 @@ class GuardSummary(BaseModel):
     def public(self) -> PublicGuard:
         return PublicGuard(action=self.action, policies=list(dict.fromkeys(p.rpartition("@")[0] or p
                                                                               for p in self.policies)),
-                           blocked=self.blocked, steered=self.steered)
+                           blocked=self.blocked, steered=self.steered, checked=self.checked)
 
 
-class PublicGuard(BaseModel):
+class PublicGuard(_Checked):
     """What any client may see: that the guard acted, and opaque policy ids. Never targets, aliases, reasons,
     scores or leaked text."""
 

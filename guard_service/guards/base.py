@@ -131,6 +131,12 @@ class OutputScanner:
         embed: call off the event loop."""
         return []
 
+    def releasable(self, reviewed: int) -> int:
+        """How many characters of the output may be released now, after `review` has read `reviewed` of them (the
+        output guard releases the least any scanner allows). May embed: call off the event loop. By default what
+        was reviewed: a scanner that can tell what is still at risk releases more."""
+        return reviewed
+
     def findings(self) -> list[Any]:
         """Everything found so far, with no further checks."""
         return []

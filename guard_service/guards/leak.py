@@ -21,6 +21,7 @@ it. Compiles nothing of its own: it reads forbidden.json and the facts and evide
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import re
@@ -33,18 +34,24 @@ from guard_service.guards.base import GuardComponent, OutputScanner, PromptText
 from guard_service.guards.evidence import Evidence, EvidenceDetector, evidence_reason, names_someone_else
 from guard_service.guards.spelling import (
     NameIndex,
+    Prefixes,
     TypoIndex,
+    Units,
+    may_misspell,
     merge,
     misspelled,
     name_index,
     name_leaks,
+    squash,
+    trailing_chain,
     typo_index,
     units_of,
 )
-from guard_service.guards.transliteration import SoundName, sound_index, transliterated
+from guard_service.guards.transliteration import SoundName, pending, sound_index, transliterated
 from guard_service.policy.artifacts import PolicyArtifact
 from guard_service.policy.confusables import fold_same_length, latin_text
 from guard_service.policy.forbidden import is_name, variants
+from guard_service.policy.knowledge import general_zipf
 from guard_service.policy.request import UnlearningRequest
 from guard_service.policy.sound import cjk
 from guard_service.policy.text import SENTENCE
@@ -54,6 +61,21 @@ FACT_MIN_SIM = 0.75  # a generated sentence this close to a forbidden fact resta
 FACT_EVIDENCE_SIM = 0.6  # ... or this close while naming what the target's facts name
 RESCAN_CHARS = 96  # a leak may straddle deltas: each feed rescans this much of what came before
 LATIN_CONTEXT_CHARS = 1000  # how much of the text says whether it is Latin text (bounded: it is read every feed)
+# Partial release (`LeakScanner.releasable`). A sentence whose words so far come this close to a fact (cosine, the
+# same embedder) is held from there to its end and judged whole; calibrated by `bench/partial_sentences.py`.
+NEAR_SIM = 0.55
+UNWEIGHED_ZIPF = 6.0  # words this frequent in general English ("the", "and", "in") are not weighed alone
+WEIGH_MARGIN, WEIGH_EVERY_MAX = 0.1, 3  # a partial sentence this far below NEAR_SIM per rare word skipped, and at most
+
+PENDING_UNITS = 24  # trailing units a name spelled letter by letter may still be completing ("H a r r y P o t")
+CJK_PENDING_CHARS = 16  # trailing CJK characters a name may still be completing (CJK needs no word boundaries)
+
+
+def weigh_every(score: float, near: float = NEAR_SIM) -> int:
+    """After a partial sentence scored `score` (far), its next weighing is due at this many more rare words: every
+    one within `WEIGH_MARGIN` of `NEAR_SIM`, one more per margin further, at most `WEIGH_EVERY_MAX`. A rare word
+    moved a partial sentence's score by ≤ 0.10 in 90% of cases (`bench.partial_sentences`)."""
+    return min(WEIGH_EVERY_MAX, 1 + int(max(0.0, near - score) / WEIGH_MARGIN))
 
 
 def _trie_regex(node: dict[str, dict]) -> str:
@@ -146,6 +168,8 @@ class _Combined:
     retain: np.ndarray  # the retain examples of the policies in `with_facts` that have them
     retain_starts: np.ndarray
     retain_of: list[int]  # per policy in `with_facts`: its segment in `retain`, or -1
+    prefixes: Prefixes  # every acted-on spelling, squashed: what a text's tail may still be growing into
+    typo_words: int  # the most words a name with typos may take (its words and one more)
 
 
 @functools.lru_cache(maxsize=64)
@@ -158,8 +182,12 @@ def _combined(policies: tuple[tuple[str, Known], ...]) -> _Combined:
     retain, retain_starts = _segments([policies[i][1].retain_vectors for i in retained])
     retain_of = [retained.index(i) if i in retained else -1 for i in with_facts]
     sounds = tuple(dataclasses.replace(n, tag=key) for key, k in policies for n in k.sounds)
-    return _Combined(merge((key, k.names) for key, k in policies), merge((key, k.typos) for key, k in policies),
-                     sounds, spelled, with_facts, facts, fact_starts, retain, retain_starts, retain_of)
+    names, typos = merge((key, k.names) for key, k in policies), merge((key, k.typos) for key, k in policies)
+    prefixes = Prefixes([n.squashed for ns in names.values() for n in ns]
+                        + [squash(w) for _, k in policies if k.act for w in k.whole])
+    typo_words = max((len(n.words) + 1 for ns in typos.values() for n in ns), default=0)
+    return _Combined(names, typos, sounds, spelled, with_facts, facts, fact_starts, retain, retain_starts,
+                     retain_of, prefixes, typo_words)
 
 
 @dataclass
@@ -174,12 +202,17 @@ class LeakScanner(OutputScanner):
     _scanned: int = field(init=False)
     _judged: int = 0  # output characters the semantic check has read
     _finished: bool = False
+    _pending: int = 0  # where (in `text`) the tail begins that may still grow into a spelling acted on
+    _near: int = -1  # the open sentence (where it begins) came near a fact: held to its end
+    _weighed: tuple[int, int, float | None] = (-1, 0, None)  # (open sentence, its words, their score) last weighed
 
     def __post_init__(self) -> None:
         self.text = self.prompt_tail
         self._folded = fold_same_length(self.text)  # what the names are looked for in: offsets of `text`
         self._scanned = len(self.prompt_tail)
         self._all = _combined(tuple(self.policies))
+        self._known = dict(self.policies)
+        self._order = {key: i for i, (key, _) in enumerate(self.policies)}
 
     @property
     def output(self) -> str:
@@ -201,9 +234,25 @@ class LeakScanner(OutputScanner):
             return None
         return leak
 
+    def _spans(self, text: str, units: Units, window: int, final: bool,
+               typo_window: int = 0) -> dict[str, list[tuple[int, int, bool]]]:
+        """Per policy, (start, end, names a name) of what its spellings match in the text from `window` on (names
+        with typos: from `typo_window` on, if later); the text's words are split once and its names looked up once
+        for all policies."""
+        spans: dict[str, list[tuple[int, int, bool]]] = {}
+        if self._all.spelled is not None and self._all.spelled.search(text, window) is not None:
+            for key, known in self.policies:
+                if hits := [(m.start(), m.end(), False) for m in known.pattern.finditer(text, window)
+                            if m.end() > self._scanned or final]:
+                    spans[key] = hits
+        for start, end, key in (name_leaks(text, self._all.names, window, final, units)
+                                + misspelled(text, self._all.typos, max(window, typo_window), final, units)
+                                + transliterated(text, self._all.sounds, window, final)):
+            spans.setdefault(key, []).append((start, end, True))
+        return spans
+
     def _scan(self, final: bool) -> list[Leak]:
-        """Every policy over the new text (and a little before it); the text's words are split once, and its
-        names looked up once for all policies."""
+        """Every policy over the new text (and a little before it)."""
         window = max(0, self._scanned - RESCAN_CHARS)
         found: list[Leak] = []
         # look-alike letters folded ("Ј.К. Rowling" in Cyrillic) where the scan reads
@@ -212,21 +261,58 @@ class LeakScanner(OutputScanner):
             tail, latin_text(self.text[-LATIN_CONTEXT_CHARS:])))
         text = self._folded
         units = units_of(text)
-        spelled = self._all.spelled is not None and self._all.spelled.search(text, window) is not None
-        spans: dict[str, list[tuple[int, int, bool]]] = {
-            key: [(m.start(), m.end(), False) for m in known.pattern.finditer(text, window)
-                  if m.end() > self._scanned or final] if spelled else [] for key, known in self.policies}
-        for start, end, key in (name_leaks(text, self._all.names, window, final, units)
-                                + misspelled(text, self._all.typos, window, final, units)
-                                + transliterated(text, self._all.sounds, window, final)):
-            spans[key].append((start, end, True))
-        for key, known in self.policies:
+        # A name with typos not found before ends in a word that ends in the new text, and begins at most
+        # `typo_words` words before it (comparing each word is the scan's dearest part); unless folding may
+        # have changed the text before it.
+        last = bisect.bisect_left([end for _, _, end in units], self._scanned)
+        typos_from = (0 if not tail.isascii() else len(text) if last == len(units)
+                      else units[max(0, last - self._all.typo_words)][1])
+        spans = self._spans(text, units, window, final, typos_from)
+        for key in sorted(spans, key=self._order.__getitem__):  # policy by policy, as they were given
             for start, end, name in sorted(spans[key]):
-                leak = self._found(key, known, start, end, name)
+                leak = self._found(key, self._known[key], start, end, name)
                 if leak is not None:
                     found.append(leak)
                     self.leaks.append(leak)
+        if not final:
+            self._pending = self._pending_at(text, units)
         return found
+
+    def _pending_at(self, text: str, units: Units) -> int:
+        """Where the text's tail begins that may still grow into a spelling acted on (the output guard holds it
+        back until it is decided): a start of a name's spelling (squashed, "J. K. Row"), a name's first words
+        within its typo budget ("Hary Pot"), the start of a name by sound ("Гарри По"), or what the scan finds
+        once the text is taken as ended ("Harry Potts", whose last word may still grow)."""
+        first, open_end = trailing_chain(text, units, PENDING_UNITS)
+        hold = len(text)
+        if open_end:
+            # the names with typos that end at the end (none: no policy has a name of two words)
+            ends = units[max(first, len(units) - self._all.typo_words)][1] if self._all.typo_words else len(text)
+            for key, hits in self._spans(text, units, units[first][1], final=True, typo_window=ends).items():
+                for start, end, name in hits:
+                    leak = self._found(key, self._known[key], start, end, name)
+                    if leak is not None and leak.act:
+                        hold = min(hold, start)
+            last = units[-1]
+            for at in range(max(last[1], len(text) - CJK_PENDING_CHARS), len(text)):  # CJK needs no word breaks
+                if cjk(text[at]) and self._all.prefixes.begins(squash(text[at:])):
+                    hold = min(hold, at)
+                    break
+        typos = self._all.typos
+        for i in range(first, len(units)):
+            if units[i][1] >= hold:
+                break
+            # a typo'd name's candidates as `misspelled` finds them: by its first word's first letter, or its
+            # second's (a name whose first letter is mistyped is held from its second word on)
+            maybe = (typos.get((0, units[i][0][0]), ()) + (typos.get((1, units[i + 1][0][0]), ())
+                                                            if i + 1 < len(units) else ()))
+            if (self._all.prefixes.begins(squash(text[units[i][1]:]))
+                    or (len(units) - i <= self._all.typo_words
+                        and any(may_misspell(units, i, name, open_end) for name in maybe))):
+                hold = units[i][1]
+                break
+        by_sound = pending(text, self._all.sounds)
+        return hold if by_sound is None else min(hold, by_sound)
 
     def feed(self, delta: str) -> list[Leak]:
         self.text += delta
@@ -264,6 +350,38 @@ class LeakScanner(OutputScanner):
                 found.append(_leak(known, key, "semantic", sentence, at, score, True))
         self.leaks.extend(found)
         return found
+
+    def releasable(self, reviewed: int) -> int:
+        """How much of the output may be released (the output guard calls it after `review`; may embed: off the
+        event loop): everything before the tail that may still grow into a name (`_pending_at`) and before the
+        open sentence's last word (nothing follows it yet: it may be the sentence's last), unless that sentence has
+        come near a fact. Its words so far are compared with every policy's facts in one product; from the first
+        time they come within `NEAR_SIM` (or a fact's phrase appears in it) the rest of the sentence waits for its
+        judgement. So a sentence judged a leak is never released whole, one heading for a fact is held from where
+        it turns, and text no fact is near streams a word behind the model."""
+        lexical = max(0, self._pending - len(self.prompt_tail))
+        out, start = self.output, self._judged
+        partial = out[start:]
+        if not self._all.with_facts or len(partial.strip()) + 2 < SEMANTIC_MIN_CHARS:
+            return lexical  # too short to be judged if the sentence ended here
+        if self._near == start or any(lk.start >= start and lk.kind == "lexical" for lk in self.leaks):
+            self._near = start  # the open sentence names what a fact names: judged whole
+            return start
+        last = partial.rstrip()
+        words = last[:len(last) - len(last.split()[-1])] if last == partial else partial
+        weighed, score = self._weighed[1:] if self._weighed[0] == start else (0, None)
+        # Words as frequent as "the", "of", "was" are not weighed alone; rarer ones are weighed every `due`-th, the
+        # sentence's words between them released on its last score (a far sentence moves a little a word).
+        rare = sum(general_zipf(w.casefold()) < UNWEIGHED_ZIPF for w in words[weighed:].split())
+        due = 1 if score is None else weigh_every(score)
+        if words.strip() and rare >= due:
+            score = float(np.max(embed([words.strip()]) @ self._all.facts.T))
+            if score >= NEAR_SIM:
+                self._near = start
+                return start
+            weighed = len(words)
+            self._weighed = (start, weighed, score)
+        return min(lexical, start + (weighed if score is None else len(words)))
 
     def finish(self) -> list[Leak]:
         """Judge what only the end can tell (a last word that might have grown) and the sentences `review` has

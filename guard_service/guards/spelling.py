@@ -25,7 +25,7 @@ from guard_service.policy.artifacts import ForbiddenItem
 from guard_service.policy.forbidden import NAME_ORIGINS
 
 _UNIT = re.compile(r"[^\W_]+")
-_SEPARATOR = re.compile(r"[\s.\-'’·]{1,3}")  # what may stand between the words (or letters) of a name
+SEPARATOR = re.compile(r"[\s.\-'’·]{1,3}")  # what may stand between the words (or letters) of a name
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def _walk(text: str, units: list[Unit], i: int, name: _Name, final: bool) -> int
     pos, last_end = 0, None
     for j in range(i, len(units)):
         word, w_start, w_end = units[j]
-        if j > i and not _SEPARATOR.fullmatch(text[units[j - 1][2]:w_start]):
+        if j > i and not SEPARATOR.fullmatch(text[units[j - 1][2]:w_start]):
             break
         open_end = w_end == len(text) and not final  # the word may still grow
         if name.squashed.startswith(word, pos):
@@ -198,7 +198,7 @@ def _typos(letters: int) -> int:
 
 def _joined(text: str, units: list[Unit], i: int, n: int) -> bool:
     """Whether units i..i+n-1 exist and stand together as one name (only name separators between them)."""
-    return i + n <= len(units) and all(_SEPARATOR.fullmatch(text[units[j - 1][2]:units[j][1]])
+    return i + n <= len(units) and all(SEPARATOR.fullmatch(text[units[j - 1][2]:units[j][1]])
                                        for j in range(i + 1, i + n))
 
 
@@ -243,6 +243,68 @@ def _misspells(text: str, units: list[Unit], i: int, name: _Name) -> int:
             if OSA.distance(joined, name.squashed, score_cutoff=budget) <= budget:
                 return n
     return 0
+
+
+def _start_within(word: str, target: str, budget: int) -> bool:
+    """Whether `word`, which may still grow, is within `budget` edits of some start of `target`."""
+    return any(OSA.distance(word, target[:n], score_cutoff=budget) <= budget
+               for n in range(max(0, len(word) - budget), min(len(target), len(word) + budget) + 1))
+
+
+def may_misspell(units: list[Unit], i: int, name: _Name, open_end: bool) -> bool:
+    """Whether units i.. (the text's last ones; the last still growing if `open_end`) may yet become a spelling
+    of `name` with typos as `_misspells` judges one: the first word close to the name's (or sharing its first three
+    letters), each later word within its word's budget, or all of them run together within the joined budget; at
+    most one unit more than the name has words. The output guard holds such a tail back until it is decided."""
+    parts, got = name.words, [u for u, _, _ in units[i:]]
+    if len(parts) < 2 or len(got) > len(parts) + 1:
+        return False
+    last = len(got) - 1
+
+    def close(j: int, p: str) -> bool:
+        w, b = got[j], _typos(len(p))
+        # A word still growing is close if it is within the budget of the name word's start; up to three letters
+        # it must also begin as that word does (any short start is within two edits of a long word's start): a
+        # typo in a name's first letter may then show its first letters before the rest decides it.
+        growing = open_end and j == last and (len(w) > 3 or w[0] == p[0])
+        return (OSA.distance(w, p, score_cutoff=b) <= b or (growing and _start_within(w, p, b))
+                or (j == 0 and w.startswith(p[:3])))
+
+    if not close(0, parts[0]):
+        return False
+    if all(close(j, p) for j, p in zip(range(1, len(got)), parts[1:], strict=False)):
+        return True
+    budget = min(sum(_typos(len(p)) for p in parts), len(name.squashed) // 5, 3)
+    joined = "".join(got)
+    return (_start_within(joined, name.squashed, budget) if open_end
+            else OSA.distance(joined, name.squashed[:len(joined)], score_cutoff=budget) <= budget)
+
+
+class Prefixes:
+    """Names (squashed) in order, to ask whether a text's tail may still grow into one (the output guard's
+    partial release): one binary search, however many names."""
+
+    def __init__(self, names: Iterable[str]):
+        self.names = sorted(set(names))
+
+    def begins(self, squashed: str) -> bool:
+        at = bisect.bisect_left(self.names, squashed)
+        return bool(squashed) and at < len(self.names) and self.names[at].startswith(squashed)
+
+
+def trailing_chain(text: str, units: list[Unit], limit: int) -> tuple[int, bool]:
+    """The first of the text's last units (at most `limit`) that stand together as a name could (only name
+    separators between them and after the last), and whether the last may still grow (nothing after it);
+    (len(units), False) when the text ends in something no name continues across."""
+    if not units:
+        return 0, False
+    after = text[units[-1][2]:]
+    if after and not SEPARATOR.fullmatch(after):
+        return len(units), False
+    i = len(units) - 1
+    while i > 0 and len(units) - i < limit and SEPARATOR.fullmatch(text[units[i - 1][2]:units[i][1]]):
+        i -= 1
+    return i, not after
 
 
 def misspelled(text: str, index: TypoIndex, start_at: int, final: bool, units: Units | None = None) -> list[Span]:

@@ -12,7 +12,7 @@ words ("carpet" reads KRPT), and spelling.py's exact and misspelled matchers rea
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import regex
@@ -22,6 +22,7 @@ from guard_service.policy.artifacts import SoundForm
 from guard_service.policy.sound import cjk, loose, sound_key, squeezed, syllable_key
 
 MIN_CJK_CHARS = 3
+CJK_PENDING = 16  # trailing units a name by sound may still be completing (CJK: one a character)
 _WORD = regex.compile(r"\p{L}[\p{L}\p{M}]*")  # letters and the marks that join them (Devanagari's vowel signs)
 _SEPARATOR = re.compile(r"[\s.\-'’·・‧]{1,3}")  # between the words of a name (interpuncts in CJK)
 
@@ -85,19 +86,24 @@ def _word_end(text: str, us: list[Unit], i: int, name: SoundName) -> int | None:
     return us[i + k - 1].end
 
 
-def _cjk_end(text: str, us: list[Unit], i: int, name: SoundName) -> int | None:
-    """Characters from `i` on whose keys, run together, spell one of the name's (each character may stand for
-    more than one class: only the readings that still begin a key of the name are followed)."""
+def _cjk_walk(text: str, us: list[Unit], i: int, name: SoundName) -> Iterator[tuple[int, set[str]]]:
+    """CJK characters from `i` on, standing together, while their readings run together still begin one of the
+    name's joined keys: (character, those readings so far). Each character may stand for more than one class:
+    only the readings that still begin a key of the name are followed."""
     keys = {""}
     for j in range(i, len(us)):
         if not us[j].cjk or (j > i and not _joined(text, us[j - 1], us[j])):
-            return None
+            return
         keys = {k + a for k in keys for a in us[j].keys if any(w.startswith(k + a) for w in name.joined)}
         if not keys:
-            return None
-        if j - i + 1 >= MIN_CJK_CHARS and keys & set(name.joined):
-            return us[j].end
-    return None
+            return
+        yield j, keys
+
+
+def _cjk_end(text: str, us: list[Unit], i: int, name: SoundName) -> int | None:
+    """Characters from `i` on whose keys, run together, spell one of the name's."""
+    return next((us[j].end for j, keys in _cjk_walk(text, us, i, name)
+                 if j - i + 1 >= MIN_CJK_CHARS and keys & set(name.joined)), None)
 
 
 def transliterated(text: str, names: tuple[SoundName, ...], start_at: int = 0, final: bool = True,
@@ -121,3 +127,38 @@ def transliterated(text: str, names: tuple[SoundName, ...], start_at: int = 0, f
                 found.append((u.start, end, name.tag))
                 last[name.tag] = end
     return found
+
+
+def _may_continue(text: str, us: list[Unit], i: int, name: SoundName, open_end: bool) -> bool:
+    """Whether units i.. (the text's last ones) may yet spell `name` by sound: each word's key one of the name's
+    word's (the last, if still growing, the start of one); CJK characters whose readings still begin one of the
+    name's joined keys."""
+    if us[i].cjk:
+        return max((j for j, _ in _cjk_walk(text, us, i, name)), default=-1) == len(us) - 1
+    if len(us) - i > len(name.words):
+        return False
+    for j in range(i, len(us)):
+        u, want = us[j], name.words[j - i] | name.squeezed[j - i] if us[j].loose else name.words[j - i]
+        if u.cjk or (j > i and not _joined(text, us[j - 1], u)):
+            return False
+        got = u.keys[0]
+        if got not in want and not (open_end and j == len(us) - 1 and any(w.startswith(got) for w in want)):
+            return False
+    return True
+
+
+def pending(text: str, names: tuple[SoundName, ...], us: list[Unit] | None = None) -> int | None:
+    """Where the earliest of the text's last units begins that may still grow into a name written by sound (the
+    output guard holds the text from there until it is decided), or None."""
+    if not names or text.isascii():
+        return None
+    us = units(text) if us is None else us
+    if not us or (us[-1].end < len(text) and not _SEPARATOR.fullmatch(text[us[-1].end:])):
+        return None
+    open_end, first = us[-1].end == len(text), len(us) - 1
+    while first > 0 and len(us) - first < CJK_PENDING and _joined(text, us[first - 1], us[first]):
+        first -= 1
+    for i in range(first, len(us)):
+        if any(_may_continue(text, us, i, name, open_end) for name in names):
+            return us[i].start
+    return None

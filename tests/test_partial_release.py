@@ -1,0 +1,143 @@
+"""Hold mode's partial release (frontend/output_guard.py, `LeakScanner.releasable`), in process with the real
+tokenizer's deltas and real compiled policies: text is released as soon as nothing in it can still become a leak,
+and no part of a name acted on, nor the whole of a sentence judged a leak, is ever released. The same through the
+real engine and HTTP: tests/test_output_guard.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bench.common import token_deltas
+from guard_service.compiler.compile import CompileContext, compile_version
+from guard_service.frontend.decision import GuardDecision, Verdict
+from guard_service.frontend.output_guard import CONTENT_FILTER, OutputGuard
+from guard_service.frontend.registry import ActivePolicy, load_policy
+from guard_service.guards.leak import UNWEIGHED_ZIPF
+from guard_service.policy.knowledge import general_zipf
+from guard_service.policy.request import UnlearningRequest
+from guard_service.protocol import GuardArgs
+from guard_service.serving.generation import ChoiceDelta
+
+SPECS = {
+    "pol_hp": UnlearningRequest(target="Harry Potter", aliases=["J.K. Rowling", "Hermione Granger"], action="refuse",
+                                strength={"expand_knowledge": False}),
+    "pol_lv": UnlearningRequest(target="Leonardo da Vinci", aliases=["da Vinci"], action="refuse",
+                                facts=["Leonardo da Vinci painted the Mona Lisa."],
+                                strength={"expand_knowledge": False}),
+}
+# (answer, where the leak begins): names in several spellings, several words into a sentence, across deltas
+NAMES = [
+    ("The boy in the books is Harry Potter, of course.", "Harry"),
+    ("The series was written by J. K. Rowling in the nineties.", "J. K."),
+    ("Everyone remembers that Hary Poter is a young wizard.", "Hary"),
+    ("Her best friend is Hermione Grangr, a clever witch.", "Hermione"),
+    ("My favourite character is Harry Potts from the novels.", "Harry"),
+    ("Главный герой книги — Гарри Поттер, юный волшебник.", "Гарри"),
+    ("这本书的主角是哈利·波特，一个年轻的巫师。", "哈利"),
+    ("My neighbour named her old dog after Leonardo da Vinci, oddly enough.", "Leonardo"),
+]
+BENIGN = [
+    "Bread rises because yeast eats the sugars in the dough and gives off carbon dioxide, which is trapped by "
+    "the gluten. A warm kitchen speeds it up.",
+    "The lighthouse keeper climbed the stairs every evening to light the lamp. Ships passing in the night saw it "
+    "from miles away and steered clear of the rocks.",
+]
+
+
+def compiled(specs: dict[str, UnlearningRequest], model_dir: Path, tokenizer, root: Path) -> list[ActivePolicy]:
+    ctx = CompileContext(policies_dir=root, indexes_dir=Path("indexes"), model_dir=model_dir,
+                         served_model_name="test", tokenizer=tokenizer)
+    out = []
+    for key, spec in specs.items():
+        asyncio.run(compile_version(ctx, key, 1, spec, [], False))
+        out.append(load_policy(key, 1, ctx.policies_dir / key / "v1", spec.model_dump(mode="json")))
+    return out
+
+
+@pytest.fixture(scope="module")
+def policies(model_dir: Path, tokenizer, tmp_path_factory: pytest.TempPathFactory) -> list[ActivePolicy]:
+    return compiled(SPECS, model_dir, tokenizer, tmp_path_factory.mktemp("policies"))
+
+
+def stream(policies: list[ActivePolicy], pieces: list[str], mode: str = "hold") -> tuple[list[str], list, OutputGuard]:
+    """What a client receives after each delta (the text released so far), the finish reasons, the guard."""
+    guard = OutputGuard([GuardDecision(Verdict.passed)], policies, 1, [""], [GuardArgs()], None, 240, mode)
+
+    async def run() -> tuple[list[str], list]:
+        sent, seen, finishes = "", [], []
+        for i, piece in enumerate(pieces):
+            step = await guard.on_delta(ChoiceDelta(0, piece, [i], None, "stop" if i == len(pieces) - 1 else None))
+            if step.emit is not None:
+                sent += step.emit.text
+                finishes += [step.emit.finish_reason] if step.emit.finish_reason else []
+            seen.append(sent)
+            if guard.all_over(1):
+                break
+        return seen, finishes
+
+    seen, finishes = asyncio.run(run())
+    return seen, finishes, guard
+
+
+def test_no_part_of_a_name_is_released_and_the_text_before_it_streams(policies, tokenizer) -> None:
+    for text, start in NAMES:
+        seen, finishes, _ = stream(policies, token_deltas(tokenizer, text))
+        at = text.index(start)
+        assert finishes == [CONTENT_FILTER], (text, seen)
+        assert all(text.startswith(s) and len(s) <= at for s in seen), (text, seen)  # nothing from the name on
+        if text.isascii():  # the words before the name went out before it came (a word behind, at most)
+            assert len(seen[-1]) >= len(text[:at].rstrip().rsplit(" ", 1)[0]), (text, seen)
+
+
+def test_a_fact_without_a_name_is_held_from_where_it_turns_and_never_released_whole(policies, tokenizer) -> None:
+    text = ("The Louvre is the largest museum in Paris. Its most famous picture is the Mona Lisa, painted in "
+            "Florence in the early sixteenth century. It draws millions.")
+    seen, finishes, guard = stream(policies, token_deltas(tokenizer, text))
+    leaking = "Its most famous picture is the Mona Lisa, painted in Florence in the early sixteenth century."
+    assert finishes == [CONTENT_FILTER], seen
+    assert [lk.kind for lk in guard.choices[0].scanners[0].leaks if lk.act] == ["semantic"]
+    assert all(text.startswith(s) and leaking not in s and "Mona" not in s for s in seen), seen
+
+
+def test_benign_text_streams_a_word_behind_the_model(policies, tokenizer) -> None:
+    for text in BENIGN:
+        pieces = token_deltas(tokenizer, text)
+        seen, finishes, _ = stream(policies, pieces)
+        assert finishes == ["stop"] and seen[-1] == text
+        assert seen[0] == pieces[0]  # the first word at once: the time to first text is the model's
+        so_far = ""
+        for piece, sent in zip(pieces, seen, strict=True):
+            so_far += piece
+            held = so_far[len(sent):]
+            # at most the word still being written, a sentence's end not yet followed by the next, or a name-like
+            # start (the last two words), and the words as frequent as "in the" before them, weighed with the
+            # next rarer word
+            assert all(general_zipf(w.casefold()) >= UNWEIGHED_ZIPF for w in held.split()[:-2]), (so_far, sent)
+
+
+def test_one_word_names_alone_stream_and_are_held(model_dir: Path, tokenizer, tmp_path: Path) -> None:
+    """No applicable policy has a name of two words (nothing to match with typos)."""
+    one = compiled({"pol_vo": UnlearningRequest(target="Voldemort", action="refuse",
+                                                strength={"expand_knowledge": False})}, model_dir, tokenizer, tmp_path)
+    seen, finishes, _ = stream(one, token_deltas(tokenizer, BENIGN[0]))
+    assert finishes == ["stop"] and seen[-1] == BENIGN[0]
+    text = "In the story the dark wizard Voldemort returns."
+    seen, finishes, _ = stream(one, token_deltas(tokenizer, text))
+    assert finishes == [CONTENT_FILTER] and "Vol" not in seen[-1] and seen[-1].startswith("In the story"), seen
+
+
+def test_release_mode_sends_at_once_and_ends_the_choice_at_the_first_judged_leak(policies, tokenizer) -> None:
+    text = "The Louvre is in Paris. Its most famous picture is the Mona Lisa, painted in Florence. It draws millions."
+    pieces = token_deltas(tokenizer, text)
+    seen, finishes, guard = stream(policies, pieces, mode="release")
+    assert finishes == [CONTENT_FILTER]
+    ended = len(seen) - 1
+    assert seen[ended - 1] == "".join(pieces[:ended])  # every delta went out as it came, until the leak was judged
+    assert "Mona Lisa" in seen[-1]  # the trade-off: what was sent before the judgement stays sent
+    checked = guard.detail().checked
+    assert checked is not None and len(seen[-1]) >= checked[0] >= text.index(" It draws")
+    names, finishes, _ = stream(policies, token_deltas(tokenizer, NAMES[0][0]), mode="release")
+    assert finishes == [CONTENT_FILTER] and "Potter" not in names[-1]  # a delta that completes a name is not sent
