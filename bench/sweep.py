@@ -21,6 +21,7 @@ client library would). Classifier time is the server's own `guard_classifier_dur
     python -m bench.sweep [--concurrency 1 4 16 64] [--tokens 64] [--reps 2] [--policies 100] [--output-mode hold]
 
 On a CUDA host the same command runs the same arms; its figures are reported separately, named by the device.
+`--output-mode release` writes `sweep_<device>_release.json`, beside the default mode's.
 """
 
 from __future__ import annotations
@@ -277,7 +278,7 @@ def main() -> None:
                   r["ttft_p99_ms"], r["itl_p50_ms"], r["itl_p99_ms"],
                   "-" if r["classifier_ms_mean"] is None else r["classifier_ms_mean"],
                   *("-" if r[k] is None else r[k] for k in ("ttft_p50_vs_bypass", "itl_p99_vs_bypass"))] for r in rows])
-    name = f"sweep_{device}"
+    name = f"sweep_{device}" if args.output_mode == "hold" else f"sweep_{device}_{args.output_mode}"
     path = write_json(name, {"device": device, "args": vars(args), "rows": rows})
     _plot(rows, path.with_suffix(".png"))
 
