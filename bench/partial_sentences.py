@@ -8,7 +8,8 @@ a sentence that *is* a leak went out before the hold, and how much of a benign s
             end (full sentence >= FACT_MIN_SIM) count
     benign  TOFU retain (other fictitious authors), real-author and world-fact answers against the same facts
 Prefixes are weighed as the guard weighs them (at words rarer than "the", "in", "and", every one near `NEAR_SIM`
-and less often further from it: `leak.weigh_every`; the open word excluded; the embedder the guard runs).
+and less often further from it: `leak.weigh_every`; the open word excluded; the embedder the guard runs). It also
+prints how far one more rare word moves a prefix's score (p50/p90/p99), the step `leak.WEIGH_MARGIN` is set by.
 
     .venv/bin/python -m bench.partial_sentences [--limit 200] [--every-word]
 """
@@ -77,6 +78,9 @@ def main() -> None:
               for r in datasets.tofu(data, name)[:args.limit]]
     leak_sims, benign_sims = prefix_sims(leaks, facts), prefix_sims(benign, facts)
     judged = [s for s in leak_sims if s[0][-1] >= FACT_MIN_SIM]
+    # what `weigh_every` bets on: how far one more rare word moves a partial sentence's score
+    rises = np.concatenate([np.diff(s[w]) for s, w in leak_sims + benign_sims if w.sum() > 1])
+    rise = {f"p{q}": float(np.percentile(rises, q)) for q in (50, 90, 99)}
     rows = []
     for t in THRESHOLDS:
         out_before = [released_before_hold(s, w, t, args.every_word)[0] for s, w in judged]
@@ -95,9 +99,11 @@ def main() -> None:
                                                  "benign sentences held", "benign weighings per word"],
                 [[r["near_sim"], r["leak_released_mean"], r["leak_released_p90"], r["benign_held_mean"],
                   r["benign_touched"], r["benign_weighed_per_word"]] for r in rows])
+    print(f"score change from one rare word to the next ({len(rises)} steps): "
+          + ", ".join(f"{k} {v:+.3f}" for k, v in rise.items()))
     write_json("partial_sentences" + ("_every_word" if args.every_word else ""),
                {"args": vars(args), "near_sim": NEAR_SIM, "leaks": len(leaks), "judged": len(judged),
-                "benign": len(benign), "rows": rows})
+                "benign": len(benign), "rare_word_score_change": rise, "rows": rows})
 
 
 if __name__ == "__main__":

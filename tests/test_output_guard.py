@@ -86,7 +86,11 @@ def test_a_refuse_policy_ends_a_leaking_choice_before_the_leak(admin: httpx.Clie
         assert body.model_extra["guard"]["blocked"] == [0]
         chunks = list(chat(client, DETAIL, stream=True))
         pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
-        assert "".join(pieces) == content and not any("mona" in p.casefold() for p in pieces)
+        # a stream may also have received the leaking sentence's words before it came near the fact; the answer
+        # read at the end is judged a sentence at a time and keeps them back
+        streamed = "".join(pieces)
+        assert streamed.startswith(content) and unguarded.startswith(streamed)
+        assert not any("mona" in p.casefold() for p in pieces)
         assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
             "content_filter"] and chunks[-1].model_extra["guard"]["blocked"] == [0]
         assert len([p for p in pieces if p]) > 2  # streamed as it came, not a sentence at a time

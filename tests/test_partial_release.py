@@ -14,12 +14,13 @@ from bench.common import token_deltas
 from guard_service.compiler.compile import CompileContext, compile_version
 from guard_service.frontend.decision import GuardDecision, Verdict
 from guard_service.frontend.output_guard import CONTENT_FILTER, OutputGuard
-from guard_service.frontend.registry import ActivePolicy, load_policy
-from guard_service.guards.leak import UNWEIGHED_ZIPF
+from guard_service.frontend.registry import ActivePolicy, PolicyRegistry, load_policy
+from guard_service.guards.leak import UNWEIGHED_ZIPF, _combined
 from guard_service.policy.knowledge import general_zipf
 from guard_service.policy.request import UnlearningRequest
 from guard_service.protocol import GuardArgs
 from guard_service.serving.generation import ChoiceDelta
+from guard_service.store.base import open_store
 
 SPECS = {
     "pol_hp": UnlearningRequest(target="Harry Potter", aliases=["J.K. Rowling", "Hermione Granger"], action="refuse",
@@ -62,9 +63,11 @@ def policies(model_dir: Path, tokenizer, tmp_path_factory: pytest.TempPathFactor
     return compiled(SPECS, model_dir, tokenizer, tmp_path_factory.mktemp("policies"))
 
 
-def stream(policies: list[ActivePolicy], pieces: list[str], mode: str = "hold") -> tuple[list[str], list, OutputGuard]:
+def stream(policies: list[ActivePolicy], pieces: list[str], mode: str = "hold",
+           streaming: bool = True) -> tuple[list[str], list, OutputGuard]:
     """What a client receives after each delta (the text released so far), the finish reasons, the guard."""
-    guard = OutputGuard([GuardDecision(Verdict.passed)], policies, 1, [""], [GuardArgs()], None, 240, mode)
+    guard = OutputGuard([GuardDecision(Verdict.passed)], policies, 1, [""], [GuardArgs()], None, 240, mode,
+                        streaming)
 
     async def run() -> tuple[list[str], list]:
         sent, seen, finishes = "", [], []
@@ -141,3 +144,52 @@ def test_release_mode_sends_at_once_and_ends_the_choice_at_the_first_judged_leak
     assert checked is not None and len(seen[-1]) >= checked[0] >= text.index(" It draws")
     names, finishes, _ = stream(policies, token_deltas(tokenizer, NAMES[0][0]), mode="release")
     assert finishes == [CONTENT_FILTER] and "Potter" not in names[-1]  # a delta that completes a name is not sent
+
+
+def test_a_reload_builds_the_output_side_before_the_first_request(model_dir: Path, tokenizer, tmp_path: Path) -> None:
+    """The scanners' state over every policy (names, spellings, facts at once) is built in the registry's reload
+    thread, so the first stream after a policy change finds it ready instead of building it on its first delta."""
+    store = open_store(f"sqlite:///{tmp_path / 'guard.sqlite3'}")
+    ctx = CompileContext(policies_dir=tmp_path / "policies", indexes_dir=Path("indexes"), model_dir=model_dir,
+                         served_model_name="test", tokenizer=tokenizer)
+    for spec in SPECS.values():
+        request_id = store.create(spec.model_dump(mode="json"), "ops", None)
+        manifest = asyncio.run(compile_version(ctx, request_id, 1, spec, [], False))
+        assert store.claim(request_id, 1, "test")
+        assert store.activate(request_id, 1, str(ctx.policies_dir / request_id / "v1"), manifest.model_dump())
+    registry = PolicyRegistry(store, model_dir=model_dir)
+    before = _combined.cache_info()
+    assert registry.refresh() and len(registry.active()) == len(SPECS)
+    reloaded = _combined.cache_info()
+    assert reloaded.misses == before.misses + 1  # this set of policies, built by the reload
+    seen, finishes, _ = stream(registry.active(), token_deltas(tokenizer, NAMES[0][0]))
+    after = _combined.cache_info()
+    assert after.misses == reloaded.misses and after.hits > reloaded.hits  # the stream found it built
+    assert finishes == [CONTENT_FILTER] and "Harry" not in seen[-1]
+
+
+def test_a_name_the_output_ends_in_is_caught_in_both_modes(policies, tokenizer) -> None:
+    """An answer cut short inside a name ("Harry Pott", max_tokens reached) is judged by the end-of-output
+    check before its last delta goes out, in release mode as in hold mode."""
+    pieces = token_deltas(tokenizer, "The hero of those books is Harry Pott")
+    for mode in ("hold", "release"):
+        seen, finishes, _ = stream(policies, pieces, mode=mode)
+        assert finishes == [CONTENT_FILTER] and "Pott" not in seen[-1], (mode, seen)
+
+
+def test_a_request_not_streamed_is_judged_a_sentence_at_a_time_with_the_same_outcome(policies, tokenizer) -> None:
+    """Its client reads nothing before the end: the guard moves at sentence ends only, and decides as it does
+    for a stream (text before a leak in the same sentence is kept back with it)."""
+    for text in [*BENIGN, *(t for t, _ in NAMES), "The Louvre is in Paris. Its most famous picture is the Mona "
+                 "Lisa, painted in Florence. It draws millions."]:
+        pieces = token_deltas(tokenizer, text)
+        streamed, streamed_end, _ = stream(policies, pieces)
+        seen, finishes, _ = stream(policies, pieces, streaming=False)
+        # the same decision; on a leak it may keep back the start of the sentence a stream had already received
+        assert finishes == streamed_end and streamed[-1].startswith(seen[-1]), (text, seen[-1], streamed[-1])
+        assert finishes == [CONTENT_FILTER] or seen[-1] == text
+        moved = [i for i in range(1, len(seen)) if seen[i] != seen[i - 1]]
+        sofar = ["".join(pieces[:i + 1]) for i in range(len(pieces))]
+        # released text moves only where the text so far holds a sentence end, or at the end
+        assert all(i == len(seen) - 1 or any(ch in sofar[i][len(seen[i - 1]):] for ch in ".!?。\n")
+                   for i in moved), (text, seen)

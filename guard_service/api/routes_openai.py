@@ -57,8 +57,9 @@ def _check_model(settings: Settings, model: str) -> None:
                            param="model", code="model_not_found")
 
 
-def _session(request: Request, model: str, tenant: str | None, endpoint: str, n: int) -> GuardSession:
-    return GuardSession(request.app.state.guard, model=model, tenant=tenant, endpoint=endpoint, n=n,
+def _session(request: Request, model: str, tenant: str | None, endpoint: str, n: int,
+             stream: bool) -> GuardSession:
+    return GuardSession(request.app.state.guard, model=model, tenant=tenant, endpoint=endpoint, n=n, stream=stream,
                         bypass_token=request.headers.get(BYPASS_HEADER),
                         detail_token=request.headers.get(DETAIL_HEADER))
 
@@ -102,7 +103,7 @@ async def list_models(settings: SettingsDep) -> ModelList:
 async def chat_completions(body: ChatCompletionRequest, request: Request, settings: SettingsDep,
                            holder: HolderDep, tenant: Tenant) -> Any:
     _check_model(settings, body.model)
-    session = _session(request, body.model, tenant, "chat", body.n)
+    session = _session(request, body.model, tenant, "chat", body.n, bool(body.stream))
     engine = holder.require()
     prompt = render_chat(engine.get_tokenizer(), body.messages, add_generation_prompt=body.add_generation_prompt,
                          continue_final_message=body.continue_final_message)
@@ -186,7 +187,7 @@ async def completions(body: CompletionRequest, request: Request, settings: Setti
                       holder: HolderDep, tenant: Tenant) -> Any:
     _check_model(settings, body.model)
     _check_prompt_count(settings, body)
-    session = _session(request, body.model, tenant, "completions", body.n)
+    session = _session(request, body.model, tenant, "completions", body.n, bool(body.stream))
     engine = holder.require()
     tokenizer = engine.get_tokenizer()
     prompts = encode_prompts(tokenizer, body.prompt, engine.model_config.get_vocab_size())

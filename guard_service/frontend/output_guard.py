@@ -12,6 +12,8 @@ While any applicable policy acts on leaks (`on_leak: act`, the default), `GUARD_
     release: every delta is sent at once (a delta that completes a name is not), sentences are judged as they
         end, and the first judged leak ends the choice (`content_filter`); the guard object says how much of
         each choice was checked (`checked`), as Azure's asynchronous filter does.
+A request that is not streamed is judged a sentence at a time in either mode (its client reads nothing before the
+end, so judging each delta would cost the engine CPU and buy nothing).
 On a leak (hold mode):
     refuse policy (or a steer policy already steering this choice): the choice ends, `content_filter`;
     steer policy: the choice's engine request is aborted and resumed from the last released token, steered by
@@ -56,7 +58,7 @@ class _Choice:
     args: GuardArgs  # what its engine request runs under
     scanners: list[OutputScanner]
     held: list[ChoiceDelta] = field(default_factory=list)
-    unscanned: str = ""  # released text not yet fed to the scanners (report-only requests)
+    unscanned: str = ""  # text not yet fed to the scanners (report-only requests; a non-streaming one's held text)
     released: str = ""  # text sent to the client
     released_ids: list[int] = field(default_factory=list)
     offset: int = 0  # where the current scanners' output begins in the choice's text
@@ -80,6 +82,7 @@ class OutputGuard:
     marker: int | None = None  # the token a worker-failed row stops on (protocol.py)
     holdback_chars: int = 240
     mode: str = "hold"  # hold: release what is not at risk | release: send at once, end the choice at a leak
+    stream: bool = True  # False: nothing reaches the client before the end: judged a sentence at a time
     choices: dict[int, _Choice] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -97,15 +100,18 @@ class OutputGuard:
     def _tail(self, prompt: int) -> str:
         return self.tails[prompt] if prompt < len(self.tails) else ""
 
-    def _choice(self, index: int) -> _Choice:
+    async def _choice(self, index: int) -> _Choice:
         if index not in self.choices:
             prompt = index // self.n
             args = self.args[prompt] if prompt < len(self.args) else GuardArgs()
-            self.choices[index] = _Choice(prompt, args, self._scanners(self._tail(prompt)))
+            # off the loop: the scanners' shared state over every applicable policy is built on first use after
+            # a policy change (the registry builds it ahead for unscoped requests)
+            scanners = await asyncio.to_thread(self._scanners, self._tail(prompt))
+            self.choices.setdefault(index, _Choice(prompt, args, scanners))
         return self.choices[index]
 
     async def on_delta(self, d: ChoiceDelta) -> Step:
-        c = self._choice(d.index)
+        c = await self._choice(d.index)
         if c.over:
             return Step()
         c.tokens += len(d.token_ids)
@@ -121,19 +127,16 @@ class OutputGuard:
                 self._feed(c)
             return self._release(d.index, c, len(c.held))
         final = d.finish_reason is not None
-        leak = self._acting([x for s in c.scanners for x in s.feed(d.text)])
+        c.unscanned += d.text
+        if not self.stream and not final and not (_SENTENCE_ENDS.search(c.unscanned)
+                                                  or len(c.unscanned) > self.holdback_chars):
+            return Step()  # a client reading the answer at the end gains nothing from a judgement per delta
+        text, c.unscanned = c.unscanned, ""
+        leak, releasable = await asyncio.to_thread(self._advance, c, text, final)
         if leak is not None:
             return self._act(d.index, c, leak)
-        upto = self._judge_upto(c, final)
-        if self.mode == "release":  # sent at once; a sentence judged a leak ends the choice
-            if upto > c.judged:
-                leak = self._acting(await asyncio.to_thread(self._review, c, upto))
-                if leak is not None:
-                    return self._act(d.index, c, leak)
+        if self.mode == "release":  # sent at once: a sentence judged a leak ends the choice (above)
             return self._release(d.index, c, len(c.held))
-        leak, releasable = await asyncio.to_thread(self._advance, c, upto, final)
-        if leak is not None:
-            return self._act(d.index, c, leak)
         at, cut = len(c.released) - c.offset, 0
         for i, h in enumerate(c.held):
             at += len(h.text)
@@ -155,14 +158,20 @@ class OutputGuard:
         spaces = [m.start() for m in re.finditer(r"\s", out[c.judged:])]
         return c.judged + spaces[-1] if spaces and len(out) - c.judged > self.holdback_chars else c.judged
 
-    @staticmethod
-    def _advance(c: _Choice, upto: int, final: bool) -> tuple[Any, int]:
-        """The semantic check through `upto` (at the end, the end-of-output checks too), then how much may be
-        released: (its first acting leak or None, output characters releasable). Blocking: off the event loop."""
+    def _advance(self, c: _Choice, text: str, final: bool) -> tuple[Any, int]:
+        """The delta scanned, then the semantic check through the last sentence that has ended (at the end, the
+        end-of-output checks too: a name the output ends in), then how much may be released in hold mode: (the
+        first acting leak or None, output characters releasable). Blocking: off the event loop."""
+        leak = self._acting([x for s in c.scanners for x in s.feed(text)])
+        if leak is not None:
+            return leak, 0
+        upto = self._judge_upto(c, final)
         found = [x for s in c.scanners for x in (s.finish() if final else s.review(upto))]
         c.judged = max(c.judged, upto)
-        leak = min((f for f in found if getattr(f, "act", False)), key=lambda f: f.start, default=None)
-        return leak, min((s.releasable(c.judged) for s in c.scanners), default=c.judged)
+        leak = self._acting(found)
+        if leak is not None or self.mode == "release":
+            return leak, c.judged
+        return None, min((s.releasable(c.judged) for s in c.scanners), default=c.judged)
 
     @staticmethod
     def _feed(c: _Choice) -> None:
@@ -171,12 +180,6 @@ class OutputGuard:
         for s in c.scanners:
             s.feed(c.unscanned)
         c.unscanned = ""
-
-    @staticmethod
-    def _review(c: _Choice, upto: int) -> list[Any]:
-        found = [x for s in c.scanners for x in s.review(upto)]
-        c.judged = max(c.judged, upto)
-        return found
 
     def _acting(self, found: list[Any]) -> Any:
         return None if not self.holds else min((f for f in found if getattr(f, "act", False)),

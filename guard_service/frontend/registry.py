@@ -161,10 +161,19 @@ class PolicyRegistry:
             self._note_stopped(fresh)
             self.policies, self.failed = fresh, failed
             self.generation = generation
+            self._warm()
             log.debug("policies reloaded (generation %d) in %.3fs", generation, time.perf_counter() - began)
             metrics.ACTIVE_POLICIES.set(len(fresh))
             metrics.POLICIES_FAILED.set(len(failed))
             return True
+
+    def _warm(self) -> None:
+        """Builds the output scanners' shared state (every policy's names, spellings and facts at once) for the
+        set a request without a tenant gets (every policy not scoped to other models), here in the reload's
+        thread: the first request after a change would otherwise wait for it."""
+        unscoped = [p for p in self.active() if not p.spec.scope.models]
+        for c in COMPONENTS:
+            c.output_scanner([(p.key, p.parts[c.name]) for p in unscoped], "")
 
     def _note_stopped(self, fresh: dict[str, ActivePolicy]) -> None:
         now = time.time()

@@ -21,8 +21,11 @@ from guard_service.serving.prompts import Prompt
 
 class GuardSession:
     def __init__(self, guard: Guard, *, model: str, tenant: str | None, endpoint: str, n: int = 1,
-                 bypass_token: str | None = None, detail_token: str | None = None):
+                 stream: bool = True, bypass_token: str | None = None, detail_token: str | None = None):
+        """`stream`: the client reads deltas as they are released (False: it gets the answer at the end, so the
+        output guard judges it a sentence at a time, not a delta at a time)."""
         self.guard, self.model, self.tenant, self.endpoint, self.n = guard, model, tenant, endpoint, n
+        self.stream = stream
         self.access = guard.access(bypass_token, detail_token, tenant, endpoint)  # 403 before any work
         self.started = time.perf_counter()
         self.first_text_at: float | None = None
@@ -36,7 +39,8 @@ class GuardSession:
         self.output = OutputGuard(self.decisions, policies, self.n, [p.tail for p in prompts],
                                   [d.guard_args(applicable, self.guard.marker) for d in self.decisions],
                                   self.guard.marker,
-                                  self.guard.settings.output_holdback_chars, self.guard.settings.output_mode)
+                                  self.guard.settings.output_holdback_chars, self.guard.settings.output_mode,
+                                  self.stream)
         recorder.decisions(self.decisions, self.endpoint, self.tenant)
         self.guard.audit_decisions(self.decisions, self.tenant, self.endpoint)
         return self.decisions
