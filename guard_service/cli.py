@@ -268,6 +268,8 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="at most N prompts per prompt set (a quick smoke run)")
     p.add_argument("--max-tokens", type=int, default=80)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--stream", action="store_true",
+                   help="ask every question streamed (what a streaming client receives: hold mode's released text)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

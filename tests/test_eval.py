@@ -29,6 +29,20 @@ def report(server, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def streamed(server, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The TOFU suite again, every question asked streamed (`--stream`): what a streaming client receives."""
+    if not (DEFAULT_DATA / "tofu").is_dir():
+        pytest.skip(f"shared benchmark data not found at {DEFAULT_DATA}")
+    out = tmp_path_factory.mktemp("streamed")
+    run = subprocess.run([sys.executable, "-m", "guard_service.cli", "eval", "--suite", "tofu", "--stream",
+                          "--base-url", server.base_url, "--admin-token", ADMIN_TOKEN, "--limit", "3",
+                          "--max-tokens", "48", "--concurrency", "48", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return out
+
+
 def load(report: Path, suite: str) -> dict:
     return json.loads((report / f"{suite}.json").read_text())
 
@@ -105,3 +119,15 @@ def test_fixture_adapter_merges_as_low_rank_delta(tmp_path: Path, model_dir: Pat
     assert torch.linalg.matrix_rank(delta, rtol=1e-3) <= RECIPES["tofu"].lora_rank
     untouched = "model.embed_tokens.weight"
     assert torch.equal(tuned[untouched], base[untouched])
+
+
+def test_streamed_answers_get_the_same_decisions(report: Path, streamed: Path):
+    """Streamed, the guard decides as it does for the whole answer: the same prompts flagged and refused, and
+    retain answers untouched; what streams out before a leak is judged is never more of the leak."""
+    plain, stream = load(report, "tofu"), load(streamed, "tofu")
+    assert "--stream" in stream["command"] and "--stream" not in plain["command"]
+    m, s = plain["metrics"], stream["metrics"]
+    flags = [k for k in m if k.startswith(("flag_rate.", "refused."))]
+    assert flags and {k: s[k] for k in flags} == {k: m[k] for k in flags}
+    assert s["rougeL_recall.retain.guarded"] == s["rougeL_recall.retain.unguarded"]
+    assert s["rougeL_recall.forget.guarded"] < s["rougeL_recall.forget.unguarded"]

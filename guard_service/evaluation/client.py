@@ -7,6 +7,7 @@ differ in nothing but the guard.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
@@ -42,8 +43,10 @@ class Answer(BaseModel):
 
 class EvalClient:
     def __init__(self, base_url: str, admin_token: str, *, concurrency: int = 16, timeout: float = 600,
-                 api_key: str | None = None):
+                 api_key: str | None = None, stream: bool = False):
+        """`stream`: every question is asked streamed, and an answer is the text its chunks delivered."""
         self.admin_token = admin_token
+        self.stream = stream
         self.client_auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}  # /v1 with GUARD_API_KEYS
         self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout,
                                       headers={"Authorization": f"Bearer {admin_token}"})
@@ -104,17 +107,38 @@ class EvalClient:
     async def _answer(self, path: str, body: dict[str, Any], guarded: bool) -> Answer:
         # Guarded answers ask for the guard's full detail (a plain client sees only the action).
         headers = {**self.client_auth, DETAIL_HEADER if guarded else BYPASS_HEADER: self.admin_token}
+        body = {"model": self.model, "temperature": 0, **body}
         async with self.slots:
-            r = await self._ok(self.http.post(path, json={"model": self.model, "temperature": 0, **body},
-                                              headers=headers))
-        data = r.json()
-        choice = data["choices"][0]
-        guard = GuardSummary.model_validate(data["guard"]) if data.get("guard") else GuardSummary(action="pass",
-                                                                                                  policies=[])
-        return Answer(text=choice["message"]["content"] if "message" in choice else choice["text"],
-                      finish_reason=choice.get("finish_reason"), action=guard.action,
+            if self.stream:
+                text, finish_reason, guard_body = await self._streamed(path, body, headers)
+            else:
+                r = await self._ok(self.http.post(path, json=body, headers=headers))
+                data = r.json()
+                choice = data["choices"][0]
+                text = choice["message"]["content"] if "message" in choice else choice["text"]
+                finish_reason, guard_body = choice.get("finish_reason"), data.get("guard")
+        guard = GuardSummary.model_validate(guard_body) if guard_body else GuardSummary(action="pass", policies=[])
+        return Answer(text=text or "", finish_reason=finish_reason, action=guard.action,
                       targets=[m.target for m in guard.matches], leaks=guard.leaks,
                       acted=bool(guard.blocked or guard.steered))
+
+    async def _streamed(self, path: str, body: dict[str, Any],
+                        headers: dict[str, str]) -> tuple[str, str | None, dict | None]:
+        """The text the chunks of a streamed answer delivered, its finish reason and the guard object (on the
+        last chunk)."""
+        text, finish_reason, guard = [], None, None
+        async with self.http.stream("POST", path, json={**body, "stream": True}, headers=headers) as r:
+            if r.status_code >= 400:
+                raise RuntimeError(f"POST {path} -> {r.status_code}: {(await r.aread())[:500]!r}")
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[len("data: "):])
+                for choice in chunk.get("choices") or []:
+                    text.append((choice.get("delta") or {}).get("content") or choice.get("text") or "")
+                    finish_reason = choice.get("finish_reason") or finish_reason
+                guard = chunk.get("guard") or guard
+        return "".join(text), finish_reason, guard
 
     async def chat(self, messages: list[dict[str, str]] | str, *, guarded: bool, max_tokens: int = 64) -> Answer:
         if isinstance(messages, str):

@@ -23,6 +23,8 @@ def _command(args: argparse.Namespace, suite: str) -> str:
               if v is not None]
     if args.max_tokens != 80:
         parts.append(f"--max-tokens {args.max_tokens}")
+    if getattr(args, "stream", False) and suite not in OFFLINE:
+        parts.append("--stream")
     return " ".join(parts)
 
 
@@ -35,7 +37,7 @@ async def run_suites(args: argparse.Namespace) -> None:
         if online:
             client = await stack.enter_async_context(
                 EvalClient(args.base_url, args.admin_token or "", concurrency=args.concurrency,
-                           api_key=args.api_key))
+                           api_key=args.api_key, stream=getattr(args, "stream", False)))
             server = await client.server_info()
         for name in dict.fromkeys(args.suite):
             result = await SUITES[name](options).run(client)
