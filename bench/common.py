@@ -110,3 +110,31 @@ def token_deltas(tokenizer, text: str) -> list[str]:
             out.append(now[len(done):])
             done = now
     return out
+
+
+def benign_prompts(n: int) -> list[str]:
+    """Prompts no policy is about (a lighthouse story, how bread rises): what a benign stream is asked."""
+    return [f"Write a short story about a lighthouse keeper, part {i}." if i % 2 else
+            f"Explain how bread rises, in step {i}." for i in range(n)]
+
+
+def compile_policies(specs: dict[str, Any], model_dir: Path, tokenizer: Any, root: Path) -> list[Any]:
+    """Each request (by policy id) compiled as the server compiles it, version 1 under `root`, and loaded as the
+    API process loads it (`registry.load_policy`): real policies, in process, without a server."""
+    from guard_service.compiler.compile import compile_version
+    from guard_service.frontend.registry import load_policy
+
+    ctx = compile_context(model_dir, tokenizer, root)
+    out = []
+    for key, spec in specs.items():
+        asyncio.run(compile_version(ctx, key, 1, spec, [], False))
+        out.append(load_policy(key, 1, ctx.policies_dir / key / "v1", spec.model_dump(mode="json")))
+    return out
+
+
+def compile_context(model_dir: Path, tokenizer: Any, root: Path) -> Any:
+    """A compiler context writing versions under `root` (no server, no knowledge expansion)."""
+    from guard_service.compiler.compile import CompileContext
+
+    return CompileContext(policies_dir=root, indexes_dir=Path("indexes"), model_dir=model_dir,
+                          served_model_name="bench", tokenizer=tokenizer)

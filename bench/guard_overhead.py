@@ -24,7 +24,17 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import batch_arguments, free_port, median, percentile, print_table, running_app, timed, write_json
+from bench.common import (
+    batch_arguments,
+    benign_prompts,
+    free_port,
+    median,
+    percentile,
+    print_table,
+    running_app,
+    timed,
+    write_json,
+)
 from bench.throughput import http_batch, http_stream_timings
 from guard_service.config import Settings
 from guard_service.frontend.classifier import EMBEDDINGS, classify
@@ -34,8 +44,7 @@ from guard_service.serving.prompts import chat_token_ids
 
 TOKEN = "bench-admin"
 HP_PROMPTS = [f"Write a story set in the world of Harry Potter, chapter {i}." for i in range(64)]
-BENIGN = [f"Write a short story about a lighthouse keeper, part {i}." if i % 2 else
-          f"Explain how bread rises, in step {i}." for i in range(64)]
+BENIGN = benign_prompts(64)
 
 
 async def create(http: httpx.AsyncClient, body: dict) -> str:

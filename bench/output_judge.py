@@ -27,13 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import print_table, token_deltas, write_json
-from guard_service.compiler.compile import CompileContext, compile_version
+from bench.common import compile_policies, print_table, token_deltas, write_json
 from guard_service.config import Settings
 from guard_service.embedding import EMBEDDINGS
 from guard_service.frontend.decision import GuardDecision, Verdict
 from guard_service.frontend.output_guard import OutputGuard
-from guard_service.frontend.registry import ActivePolicy, load_policy
+from guard_service.frontend.registry import ActivePolicy
 from guard_service.guards.leak import LeakDetector, _combined, leak_pattern
 from guard_service.guards.spelling import name_index, typo_index
 from guard_service.policy.artifacts import ForbiddenItem
@@ -112,17 +111,12 @@ def main() -> None:
     model = Settings().resolved_model_path()
     tokenizer = AutoTokenizer.from_pretrained(model)
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = CompileContext(policies_dir=Path(tmp), indexes_dir=Path("indexes"), model_dir=model,
-                             served_model_name="bench", tokenizer=tokenizer)
         specs = {"pol_hp": UnlearningRequest(target="Harry Potter", aliases=["J.K. Rowling", "Hermione Granger"],
                                              action="refuse", strength={"expand_knowledge": False}),
                  "pol_lv": UnlearningRequest(target="Leonardo da Vinci", aliases=["da Vinci"], action="refuse",
                                              facts=["Leonardo da Vinci painted the Mona Lisa."],
                                              strength={"expand_knowledge": False})}
-        compiled = []
-        for key, spec in specs.items():
-            asyncio.run(compile_version(ctx, key, 1, spec, [], False))
-            compiled.append(load_policy(key, 1, ctx.policies_dir / key / "v1", spec.model_dump(mode="json")))
+        compiled = compile_policies(specs, model, tokenizer, Path(tmp))
         people = synthetic(compiled[1], max(args.policies))
         texts = [token_deltas(tokenizer, a)[:args.tokens] for a in ANSWERS]
         rows = []

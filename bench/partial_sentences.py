@@ -85,10 +85,10 @@ def main() -> None:
     for t in THRESHOLDS:
         out_before = [released_before_hold(s, w, t, args.every_word)[0] for s, w in judged]
         # the last word of every sentence waits for its end whatever the threshold: what the threshold adds
-        benign = [released_before_hold(s, w, t, args.every_word) for s, w in benign_sims]
-        held = [(len(s) - 1) / len(s) - out for (s, _), (out, _, _) in zip(benign_sims, benign, strict=True)]
-        touched = [near for _, _, near in benign]
-        weighs = sum(k for _, k, _ in benign) / sum(len(s) - 1 for s, _ in benign_sims)
+        passed = [released_before_hold(s, w, t, args.every_word) for s, w in benign_sims]
+        held = [(len(s) - 1) / len(s) - out for (s, _), (out, _, _) in zip(benign_sims, passed, strict=True)]
+        touched = [near for _, _, near in passed]
+        weighs = sum(k for _, k, _ in passed) / sum(len(s) - 1 for s, _ in benign_sims)
         rows.append({"near_sim": t, "leak_released_mean": float(np.mean(out_before)),
                      "leak_released_p90": float(np.percentile(out_before, 90)),
                      "benign_held_mean": float(np.mean(held)), "benign_touched": float(np.mean(touched)),

@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from bench.common import free_port, median, percentile, print_table, running_app, write_json
+from bench.common import benign_prompts, free_port, median, percentile, print_table, running_app, write_json
 from bench.throughput import timed_stream
 from guard_service.cli import ONEDNN_CACHE
 from guard_service.config import Settings
@@ -47,8 +47,7 @@ from guard_service.device import has_cuda
 
 TOKEN = "bench-admin"
 PROMPTS = [f"Write a story set in the world of Harry Potter, chapter {i}." for i in range(512)]
-BENIGN = [f"Write a short story about a lighthouse keeper, part {i}." if i % 2 else
-          f"Explain how bread rises, in step {i}." for i in range(512)]
+BENIGN = benign_prompts(512)
 
 
 def _summary(results: list[tuple[float, list[float], int]], wall: float) -> dict:

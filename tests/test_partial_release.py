@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import token_deltas
-from guard_service.compiler.compile import CompileContext, compile_version
+from bench.common import compile_context, compile_policies, token_deltas
+from guard_service.compiler.compile import compile_version
 from guard_service.frontend.decision import GuardDecision, Verdict
 from guard_service.frontend.output_guard import CONTENT_FILTER, OutputGuard
-from guard_service.frontend.registry import ActivePolicy, PolicyRegistry, load_policy
+from guard_service.frontend.registry import ActivePolicy, PolicyRegistry
 from guard_service.guards.leak import UNWEIGHED_ZIPF, _combined
 from guard_service.policy.knowledge import general_zipf
 from guard_service.policy.request import UnlearningRequest
@@ -48,19 +48,9 @@ BENIGN = [
 ]
 
 
-def compiled(specs: dict[str, UnlearningRequest], model_dir: Path, tokenizer, root: Path) -> list[ActivePolicy]:
-    ctx = CompileContext(policies_dir=root, indexes_dir=Path("indexes"), model_dir=model_dir,
-                         served_model_name="test", tokenizer=tokenizer)
-    out = []
-    for key, spec in specs.items():
-        asyncio.run(compile_version(ctx, key, 1, spec, [], False))
-        out.append(load_policy(key, 1, ctx.policies_dir / key / "v1", spec.model_dump(mode="json")))
-    return out
-
-
 @pytest.fixture(scope="module")
 def policies(model_dir: Path, tokenizer, tmp_path_factory: pytest.TempPathFactory) -> list[ActivePolicy]:
-    return compiled(SPECS, model_dir, tokenizer, tmp_path_factory.mktemp("policies"))
+    return compile_policies(SPECS, model_dir, tokenizer, tmp_path_factory.mktemp("policies"))
 
 
 def stream(policies: list[ActivePolicy], pieces: list[str], mode: str = "hold",
@@ -123,7 +113,7 @@ def test_benign_text_streams_a_word_behind_the_model(policies, tokenizer) -> Non
 
 def test_one_word_names_alone_stream_and_are_held(model_dir: Path, tokenizer, tmp_path: Path) -> None:
     """No applicable policy has a name of two words (nothing to match with typos)."""
-    one = compiled({"pol_vo": UnlearningRequest(target="Voldemort", action="refuse",
+    one = compile_policies({"pol_vo": UnlearningRequest(target="Voldemort", action="refuse",
                                                 strength={"expand_knowledge": False})}, model_dir, tokenizer, tmp_path)
     seen, finishes, _ = stream(one, token_deltas(tokenizer, BENIGN[0]))
     assert finishes == ["stop"] and seen[-1] == BENIGN[0]
@@ -150,8 +140,7 @@ def test_a_reload_builds_the_output_side_before_the_first_request(model_dir: Pat
     """The scanners' state over every policy (names, spellings, facts at once) is built in the registry's reload
     thread, so the first stream after a policy change finds it ready instead of building it on its first delta."""
     store = open_store(f"sqlite:///{tmp_path / 'guard.sqlite3'}")
-    ctx = CompileContext(policies_dir=tmp_path / "policies", indexes_dir=Path("indexes"), model_dir=model_dir,
-                         served_model_name="test", tokenizer=tokenizer)
+    ctx = compile_context(model_dir, tokenizer, tmp_path / "policies")
     for spec in SPECS.values():
         request_id = store.create(spec.model_dump(mode="json"), "ops", None)
         manifest = asyncio.run(compile_version(ctx, request_id, 1, spec, [], False))

@@ -40,7 +40,6 @@ from guard_service.serving.generation import ChoiceDelta
 CONTENT_FILTER = "content_filter"
 SCANNERS = tuple(c for c in COMPONENTS if type(c).output_scanner is not GuardComponent.output_scanner)
 MAX_SWITCHES = 3  # steered restarts of one choice before a further leak ends it
-_SENTENCE_END = re.compile(r"(?:[.!?。！？…][\"'”’)\]]*|\n)\s*$")
 _SENTENCE_ENDS = re.compile(r"[.!?…][\"'”’)\]]*(?=\s)|[。！？][\"'”’)\]]*|\n")  # a sentence has ended there
 
 
@@ -120,16 +119,16 @@ class OutputGuard:
             c.held = []
             return Step(ChoiceDelta(d.index, REFUSAL, [], None, CONTENT_FILTER))
         c.held.append(d)
-        if not self.holds:  # nothing acts: released at once, scanned a sentence at a time for the report
-            c.unscanned += d.text
-            if (d.finish_reason is not None or len(c.unscanned) > self.holdback_chars
-                    or _SENTENCE_END.search(c.unscanned)):
-                self._feed(c)
-            return self._release(d.index, c, len(c.held))
         final = d.finish_reason is not None
         c.unscanned += d.text
-        if not self.stream and not final and not (_SENTENCE_ENDS.search(c.unscanned)
-                                                  or len(c.unscanned) > self.holdback_chars):
+        # a sentence has ended (or the holdback bound passed): where judging each delta gains nothing, text is
+        # judged a sentence at a time
+        due = final or len(c.unscanned) > self.holdback_chars or _SENTENCE_ENDS.search(c.unscanned) is not None
+        if not self.holds:  # nothing acts: released at once, scanned a sentence at a time for the report
+            if due:
+                self._feed(c)
+            return self._release(d.index, c, len(c.held))
+        if not self.stream and not due:
             return Step()  # a client reading the answer at the end gains nothing from a judgement per delta
         text, c.unscanned = c.unscanned, ""
         leak, releasable = await asyncio.to_thread(self._advance, c, text, final)

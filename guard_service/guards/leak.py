@@ -266,7 +266,7 @@ class LeakScanner(OutputScanner):
         # A name with typos not found before ends in a word that ends in the new text, and begins at most
         # `typo_words` words before it (comparing each word is the scan's dearest part); unless folding may
         # have changed the text before it.
-        last = bisect.bisect_left([end for _, _, end in units], self._scanned)
+        last = bisect.bisect_left(units, self._scanned, key=lambda u: u[2])
         typos_from = (0 if not tail.isascii() else len(text) if last == len(units)
                       else units[max(0, last - self._all.typo_words)][1])
         spans = self._spans(text, units, window, final, typos_from)
