@@ -182,3 +182,14 @@ def test_a_request_not_streamed_is_judged_a_sentence_at_a_time_with_the_same_out
         # released text moves only where the text so far holds a sentence end, or at the end
         assert all(i == len(seen) - 1 or any(ch in sofar[i][len(seen[i - 1]):] for ch in ".!?。\n")
                    for i in moved), (text, seen)
+
+
+def test_a_sentence_that_opens_with_a_facts_phrase_is_held_from_it(policies, tokenizer) -> None:
+    """A phrase of a policy's facts in a sentence's first words (shorter than any sentence the semantic check
+    weighs), or at the start of the output (a completion continuing the prompt's sentence), is held while it may
+    still be growing into the phrase and, once whole, holds its sentence until the sentence is judged."""
+    for text in [" Mona Lisa, but there are many others, including the Venus de Milo, the Mona Lisa, and the "
+                 "Sistine ceiling.", "The Mona Lisa was painted by the Florentine master in the early sixteenth "
+                 "century.", "Mona Lisa is the portrait that the Florentine master painted around 1503."]:
+        seen, finishes, _ = stream(policies, token_deltas(tokenizer, text))
+        assert finishes == [CONTENT_FILTER] and not any("Mona" in s for s in seen), (text, seen)

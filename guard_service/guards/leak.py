@@ -126,6 +126,8 @@ class Known:
     evidence: Evidence
     act: bool  # on_leak == "act"
     shadow: bool = False  # a shadow-mode policy: its leaks are what it would have acted on, never acted on
+    phrases: frozenset[str] = frozenset()  # every forbidden string squashed (facts' phrases too): what a tail may
+    # still grow into that, once whole, holds its sentence until it is judged
 
 
 @dataclass
@@ -170,7 +172,7 @@ class _Combined:
     retain: np.ndarray  # the retain examples of the policies in `with_facts` that have them
     retain_starts: np.ndarray
     retain_of: list[int]  # per policy in `with_facts`: its segment in `retain`, or -1
-    prefixes: Prefixes  # every acted-on spelling, squashed: what a text's tail may still be growing into
+    prefixes: Prefixes  # every spelling of an acting policy, squashed: what a text's tail may still be growing into
     typo_words: int  # the most words a name with typos may take (its words and one more)
 
 
@@ -186,7 +188,7 @@ def _combined(policies: tuple[tuple[str, Known], ...]) -> _Combined:
     sounds = tuple(dataclasses.replace(n, tag=key) for key, k in policies for n in k.sounds)
     names, typos = merge((key, k.names) for key, k in policies), merge((key, k.typos) for key, k in policies)
     prefixes = Prefixes([n.squashed for ns in names.values() for n in ns]
-                        + [squash(w) for _, k in policies if k.act for w in k.whole])
+                        + [w for _, k in policies if k.act for w in k.phrases])  # whole names among them
     typo_words = max((len(n.words) + 1 for ns in typos.values() for n in ns), default=0)
     return _Combined(names, typos, sounds, spelled, with_facts, facts, fact_starts, retain, retain_starts,
                      retain_of, prefixes, typo_words)
@@ -364,11 +366,13 @@ class LeakScanner(OutputScanner):
         lexical = max(0, self._pending - len(self.prompt_tail))
         out, start = self.output, self._judged
         partial = out[start:]
-        if not self._all.with_facts or len(partial.strip()) + 2 < SEMANTIC_MIN_CHARS:
-            return lexical  # too short to be judged if the sentence ended here
+        if not self._all.with_facts:
+            return lexical
         if self._near == start or any(lk.start >= start and lk.kind == "lexical" for lk in self.leaks):
-            self._near = start  # the open sentence names what a fact names: judged whole
+            self._near = start  # the open sentence names what a fact names (from its first word on): judged whole
             return start
+        if len(partial.strip()) + 2 < SEMANTIC_MIN_CHARS:
+            return lexical  # too short to be weighed (a phrase of the facts in it is held by `lexical`)
         last = partial.rstrip()
         words = last[:len(last) - len(last.split()[-1])] if last == partial else partial
         weighed, score = self._weighed[1:] if self._weighed[0] == start else (0, None)
@@ -412,7 +416,8 @@ class LeakDetector(GuardComponent):
                      sound_index(forbidden.crosslingual),
                      EMBEDDINGS.get([*artifact.classifier.facts, *artifact.knowledge.facts()]),
                      EMBEDDINGS.get(list(spec.retain_examples)), EvidenceDetector().load(artifact, spec),
-                     spec.on_leak == "act", spec.mode == "shadow")
+                     spec.on_leak == "act", spec.mode == "shadow",
+                     frozenset(squash(v) for v in forbidden.variants))
 
     def output_scanner(self, parts: list[tuple[str, Known]], prompt_tail: str) -> LeakScanner:
         return LeakScanner([(key, part) for key, part in parts if part is not None], prompt_tail)
