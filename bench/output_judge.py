@@ -34,7 +34,7 @@ from guard_service.frontend.decision import GuardDecision, Verdict
 from guard_service.frontend.output_guard import OutputGuard
 from guard_service.frontend.registry import ActivePolicy
 from guard_service.guards.leak import LeakDetector, _combined, leak_pattern
-from guard_service.guards.spelling import name_index, typo_index
+from guard_service.guards.spelling import name_index, squash, typo_index
 from guard_service.policy.artifacts import ForbiddenItem
 from guard_service.policy.request import UnlearningRequest
 from guard_service.protocol import GuardArgs, PolicyKey
@@ -70,7 +70,8 @@ def synthetic(template: ActivePolicy, n: int, seed: int = 0) -> list[ActivePolic
     for i, (name, fact) in enumerate(zip(names, facts, strict=True)):
         index = name_index([ForbiddenItem(text=name, origin="target")], whole_only=True)
         part = dataclasses.replace(base, pattern=leak_pattern([name]), whole=frozenset({name.casefold()}),
-                                   names=index, typos=typo_index(index), sounds=(), fact_vectors=vectors[i:i + 1],
+                                   names=index, typos=typo_index(index), sounds=(), phrases=frozenset({squash(name)}),
+                                   fact_vectors=vectors[i:i + 1],
                                    retain_vectors=vectors[:0])
         spec = template.spec.model_copy(update={"target": name, "aliases": [], "facts": [fact]})
         out.append(ActivePolicy(PolicyKey(f"pol_s{i:06d}", 1), spec, template.artifact, {LeakDetector.name: part}))
